@@ -1,0 +1,22 @@
+# 两条命令 / two commands:
+#   make course   安装缺的依赖并运行课程（默认 tiny 配置）/ set up and run the course
+#   make test     安装缺的依赖并运行全部测试 / set up and run every test
+PYTHON ?= python3
+export PYTHON
+
+.PHONY: setup course test lint
+
+setup:
+	bash scripts/setup.sh
+
+course: setup
+	$(PYTHON) -m helpers.course run
+
+# The tests always use the tiny profile: deterministic, offline, CPU-friendly.
+test: setup
+	COURSE_PROFILE=tiny $(PYTHON) -m ruff check .
+	COURSE_PROFILE=tiny $(PYTHON) -m pytest -n 2 --dist loadscope tests notebooks \
+		--nbval-lax --nbval-current-env --nbval-sanitize-with tests/nbval_sanitize.cfg
+
+lint:
+	$(PYTHON) -m ruff check .

@@ -1,0 +1,119 @@
+"""Model download: ModelScope first, then the Hugging Face hub (or the ``HF_ENDPOINT`` mirror).
+
+A folder counts as downloaded only once a marker file is written after the last file
+arrived; an interrupted download is resumed by the next call, never loaded half-done.
+The tiny profile never touches the network: it returns the converted SmolLM2 folder.
+"""
+
+from __future__ import annotations
+
+import shutil
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from helpers.net import MODELSCOPE_URL, SUGGESTED_MIRROR, hf_endpoint, probe
+from helpers.paths import display_path, models_dir
+from helpers.profiles import TINY_MODEL_ID, Profile, get_profile
+from helpers.tiny_model import ensure_tiny_model, is_complete, mark_complete
+
+MIN_FREE_BYTES = 2 * 2**30  # refuse to start a download with less than 2 GiB free
+
+
+class DownloadError(RuntimeError):
+    """Every source failed; the message lists what was tried and how to fix it."""
+
+
+@dataclass(frozen=True)
+class Source:
+    """A place to download from: its name, the URL probed first, and the fetch function."""
+
+    name: str
+    url: Callable[[], str]
+    fetch: Callable[[str, Path], None]
+
+
+def fetch_modelscope(model_id: str, target: Path) -> None:
+    from modelscope import snapshot_download
+
+    snapshot_download(model_id, local_dir=str(target))
+
+
+def fetch_huggingface(model_id: str, target: Path) -> None:
+    from huggingface_hub import snapshot_download
+
+    snapshot_download(model_id, local_dir=str(target), endpoint=hf_endpoint())
+
+
+SOURCES: tuple[Source, ...] = (
+    Source("ModelScope", lambda: MODELSCOPE_URL, fetch_modelscope),
+    Source("Hugging Face", hf_endpoint, fetch_huggingface),
+)
+
+
+def local_folder_name(model_id: str) -> str:
+    return model_id.replace("/", "--")
+
+
+def check_free_space(folder: Path, needed: int = MIN_FREE_BYTES) -> None:
+    """Fail before downloading, not at 90 %, when the disk is too small."""
+    free = shutil.disk_usage(folder).free
+    if free < needed:
+        raise DownloadError(
+            f"磁盘空间不足：{display_path(folder)} 仅剩 {free / 2**30:.1f} GB，至少需要 {needed / 2**30:.1f} GB。"
+            "请清理空间，或用环境变量 COURSE_CACHE 指到数据盘（AutoDL：/root/autodl-tmp）。\n"
+            f"Not enough disk space: {free / 2**30:.1f} GB free in {display_path(folder)}, "
+            f"{needed / 2**30:.1f} GB needed. Free some space or point COURSE_CACHE to a data disk."
+        )
+
+
+def failure_message(model_id: str, attempts: list[tuple[str, str]]) -> str:
+    tried = "\n".join(f"  - {name}: {reason}" for name, reason in attempts)
+    return (
+        f"模型 {model_id} 下载失败。已尝试 / Tried:\n{tried}\n"
+        "怎么办 / What to do:\n"
+        "  1. 检查模型名是否正确（ModelScope 与 Hugging Face 上的名字可能不同）/ check the model name on each hub;\n"
+        f"  2. 国内访问 Hugging Face：export HF_ENDPOINT={SUGGESTED_MIRROR} / use the mirror;\n"
+        "  3. 在能联网的机器上下载后，把本地文件夹路径传给 download_model / pass a local folder instead;\n"
+        "  4. 只想离线学习流程：COURSE_PROFILE=tiny / to learn offline, use the tiny profile."
+    )
+
+
+def download_model(
+    model_id: str | None = None,
+    profile: Profile | None = None,
+    sources: tuple[Source, ...] = SOURCES,
+) -> Path:
+    """Return a local folder holding ``model_id`` (default: the profile's model)."""
+    profile = profile or get_profile()
+    model_id = model_id or profile.model_id
+    local = Path(model_id).expanduser()
+    if local.is_dir():
+        return local
+    if profile.is_tiny:
+        if model_id == TINY_MODEL_ID:
+            return ensure_tiny_model()
+        raise DownloadError(
+            f"tiny 配置离线运行，只提供 {TINY_MODEL_ID}，本地也没有文件夹 {model_id!r}。"
+            "请传入本地模型路径，或设 COURSE_PROFILE=gpu 以联网下载。\n"
+            f"The tiny profile is offline and only has {TINY_MODEL_ID}; {model_id!r} is not a local folder. "
+            "Pass a local path, or set COURSE_PROFILE=gpu to download."
+        )
+    target = models_dir() / local_folder_name(model_id)
+    if is_complete(target):
+        return target
+    check_free_space(target.parent)
+    attempts: list[tuple[str, str]] = []
+    for source in sources:
+        unreachable = probe(source.url())
+        if unreachable:
+            attempts.append((source.name, unreachable))
+            continue
+        try:
+            source.fetch(model_id, target)  # resumes whatever an interrupted run left in target
+        except Exception as error:  # each hub raises its own exception types
+            attempts.append((source.name, f"{error.__class__.__name__}: {str(error)[:300]}"))
+            continue
+        mark_complete(target)
+        return target
+    raise DownloadError(failure_message(model_id, attempts))

@@ -1,0 +1,49 @@
+"""Where the course keeps models, data downloads and run outputs."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+CACHE_ENV = "COURSE_CACHE"
+AUTODL_DATA_DISK = Path("/root/autodl-tmp")
+REPO_ROOT = Path(__file__).resolve().parent.parent
+DATA_DIR = REPO_ROOT / "data"
+
+
+def cache_root() -> Path:
+    """The course cache: ``$COURSE_CACHE``, else AutoDL's data disk, else ``~/.cache/llm-course``.
+
+    AutoDL's system disk is small (30 GB) and fills up with one 7B model; its data disk
+    ``/root/autodl-tmp`` is the place for weights.
+    """
+    if os.environ.get(CACHE_ENV):
+        root = Path(os.environ[CACHE_ENV]).expanduser()
+    elif AUTODL_DATA_DISK.is_dir():
+        root = AUTODL_DATA_DISK / "llm-course"
+    else:
+        root = Path.home() / ".cache" / "llm-course"
+    root.mkdir(parents=True, exist_ok=True)
+    return root
+
+
+def models_dir() -> Path:
+    path = cache_root() / "models"
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def outputs_dir(*parts: str) -> Path:
+    """A folder under ``outputs/`` in the repository (adapters, predictions, plots)."""
+    path = REPO_ROOT.joinpath("outputs", *parts)
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def display_path(path: str | os.PathLike) -> str:
+    """A path as shown to students: relative to the repository or ``~``, never machine-specific."""
+    path = Path(path).resolve()
+    for base, label in ((REPO_ROOT, "."), (Path.home(), "~")):
+        if path == base or base in path.parents:
+            return str(Path(label) / path.relative_to(base))
+    return str(path)

@@ -1,0 +1,167 @@
+"""Chat templates written out by hand, and the label mask that decides what a model learns.
+
+Three families cover most open models:
+- ``llama2``: ``<s>[INST] <<SYS>> ... <</SYS>> ... [/INST] answer </s>`` (Llama-2, many older Chinese models)
+- ``llama3``: ``<|start_header_id|>role<|end_header_id|>`` headers ending in ``<|eot_id|>``
+- ``chatml``: ``<|im_start|>role ... <|im_end|>`` (Qwen, SmolLM2, Yi, ...)
+
+For training, always encode with the tokenizer's own ``apply_chat_template``: the
+hand-written versions are here to be read and compared, so that a mismatch between
+training and inference is something students can see.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+IGNORE_INDEX = -100  # label value that torch's cross-entropy skips
+
+Message = dict[str, str]
+
+
+class TemplateError(ValueError):
+    """A conversation or template the course cannot encode."""
+
+
+def _split_system(messages: list[Message]) -> tuple[str | None, list[Message]]:
+    if messages and messages[0]["role"] == "system":
+        return messages[0]["content"], messages[1:]
+    return None, messages
+
+
+def render_llama2(messages: list[Message], add_generation_prompt: bool = False) -> str:
+    """Llama-2 chat: the system prompt lives inside the first ``[INST]`` block."""
+    system, turns = _split_system(messages)
+    text = ""
+    for i, message in enumerate(turns):
+        content = message["content"]
+        if message["role"] == "user":
+            if i == 0 and system is not None:
+                content = f"<<SYS>>\n{system}\n<</SYS>>\n\n{content}"
+            text += f"<s>[INST] {content.strip()} [/INST]"
+        else:
+            text += f" {content.strip()} </s>"
+    return text  # the generation prompt is the open "[/INST]" itself
+
+
+def render_llama3(messages: list[Message], add_generation_prompt: bool = False) -> str:
+    """Llama-3 chat: every turn has a header and ends with ``<|eot_id|>``."""
+    text = "<|begin_of_text|>"
+    for message in messages:
+        text += f"<|start_header_id|>{message['role']}<|end_header_id|>\n\n{message['content'].strip()}<|eot_id|>"
+    if add_generation_prompt:
+        text += "<|start_header_id|>assistant<|end_header_id|>\n\n"
+    return text
+
+
+def render_chatml(
+    messages: list[Message], add_generation_prompt: bool = False, default_system: str | None = None
+) -> str:
+    """ChatML; ``default_system`` is what the model's template inserts when no system turn is given."""
+    if default_system is not None and (not messages or messages[0]["role"] != "system"):
+        messages = [{"role": "system", "content": default_system}, *messages]
+    text = "".join(f"<|im_start|>{m['role']}\n{m['content']}<|im_end|>\n" for m in messages)
+    if add_generation_prompt:
+        text += "<|im_start|>assistant\n"
+    return text
+
+
+@dataclass(frozen=True)
+class ChatTemplate:
+    """A hand-written template and the token that ends an assistant turn."""
+
+    name: str
+    render: Callable[..., str]
+    end_of_turn: str
+    models: str
+
+
+TEMPLATES: dict[str, ChatTemplate] = {
+    "llama2": ChatTemplate("llama2", render_llama2, "</s>", "Llama-2-chat, Chinese-Llama-2"),
+    "llama3": ChatTemplate("llama3", render_llama3, "<|eot_id|>", "Llama-3 / 3.1 / 3.2 Instruct"),
+    "chatml": ChatTemplate("chatml", render_chatml, "<|im_end|>", "Qwen2.5, Qwen3, SmolLM2, Yi"),
+}
+
+
+def get_template(name: str) -> ChatTemplate:
+    """Look a template up by name, with a message that lists the known ones."""
+    if name not in TEMPLATES:
+        known = ", ".join(TEMPLATES)
+        raise TemplateError(
+            f"未知的对话模板 {name!r}，可选：{known}。\nUnknown chat template {name!r}; choose one of: {known}."
+        )
+    return TEMPLATES[name]
+
+
+def _template_ids(tokenizer, messages: list[Message], add_generation_prompt: bool = False) -> list[int]:
+    # transformers 5 returns a BatchEncoding (a dict) from apply_chat_template(tokenize=True)
+    encoded = tokenizer.apply_chat_template(messages, tokenize=True, add_generation_prompt=add_generation_prompt)
+    return list(encoded["input_ids"])
+
+
+def encode_with_label_mask(tokenizer, messages: list[Message]) -> dict[str, list[int]]:
+    """Encode a conversation with the model's own template; learn every assistant turn, mask the rest.
+
+    ``labels`` is ``-100`` on system and user tokens (and on the role headers), and equals
+    ``input_ids`` on each assistant reply *including its end-of-turn token*, so the model
+    learns to stop.
+    """
+    if not any(m["role"] == "assistant" for m in messages):
+        raise TemplateError(
+            "对话里没有 assistant 回复，全部标签都会是 -100，模型什么也学不到。\n"
+            "The conversation has no assistant turn: every label would be -100 and nothing would be learned."
+        )
+    input_ids = _template_ids(tokenizer, messages)
+    labels = [IGNORE_INDEX] * len(input_ids)
+    for i, message in enumerate(messages):
+        if message["role"] != "assistant":
+            continue
+        prompt = _template_ids(tokenizer, messages[:i], add_generation_prompt=True)
+        through_reply = _template_ids(tokenizer, messages[: i + 1])
+        start, end = len(prompt), len(through_reply)
+        if input_ids[:start] != prompt or input_ids[:end] != through_reply:
+            raise TemplateError(
+                "这个模型的对话模板在多轮对话中会改写前文（例如删除思考过程），无法按轮次定位回复。\n"
+                "This chat template rewrites earlier turns, so replies cannot be located turn by turn."
+            )
+        labels[start:end] = input_ids[start:end]
+    return {"input_ids": input_ids, "attention_mask": [1] * len(input_ids), "labels": labels}
+
+
+def mask_segments(tokenizer, input_ids: list[int], labels: list[int]) -> list[tuple[bool, str]]:
+    """Group consecutive tokens into (learned?, decoded text) runs."""
+    segments: list[tuple[bool, list[int]]] = []
+    for token, label in zip(input_ids, labels, strict=True):
+        learned = label != IGNORE_INDEX
+        if segments and segments[-1][0] == learned:
+            segments[-1][1].append(token)
+        else:
+            segments.append((learned, [token]))
+    return [(learned, tokenizer.decode(ids)) for learned, ids in segments]
+
+
+def label_mask_text(tokenizer, input_ids: list[int], labels: list[int]) -> str:
+    """A plain-text view of the mask: each run of tokens, marked as ignored (-100) or learned."""
+    lines = []
+    for learned, text in mask_segments(tokenizer, input_ids, labels):
+        tag = "学习 learn " if learned else "忽略 -100  "
+        lines.append(f"[{tag}] {text!r}")
+    return "\n".join(lines)
+
+
+def label_mask_html(tokenizer, input_ids: list[int], labels: list[int]) -> str:
+    """One coloured box per token: grey is masked (-100), green is learned; hover shows the id."""
+    import html
+
+    boxes = []
+    for token, label in zip(input_ids, labels, strict=True):
+        colour = "#c8f7c5" if label != IGNORE_INDEX else "#e5e5e5"
+        text = html.escape(tokenizer.decode([token])).replace("\n", "↵")
+        boxes.append(
+            f'<span title="id={token} label={label}" style="background:{colour};margin:1px;'
+            f'padding:1px 3px;border-radius:3px;font-family:monospace">{text}</span>'
+        )
+    legend = '<p><span style="background:#e5e5e5">灰色 = -100（不算损失）</span> ' \
+        '<span style="background:#c8f7c5">绿色 = 模型要学的 token</span></p>'
+    return legend + '<div style="line-height:2">' + "".join(boxes) + "</div>"
