@@ -60,7 +60,8 @@ def summary(results: list[LessonResult]) -> str:
         lines.append(f"{r.notebook:<32} {'ok' if r.ok else 'FAILED':<6} {r.seconds:>8.1f}")
         if r.error:
             lines.append(f"    {r.error}")
-    lines.append(f"{'total':<32} {sum(r.ok for r in results)}/{len(results):<4} {sum(r.seconds for r in results):>8.1f}")
+    passed, seconds = sum(r.ok for r in results), sum(r.seconds for r in results)
+    lines.append(f"{'total':<32} {passed}/{len(results):<4} {seconds:>8.1f}")
     return "\n".join(lines)
 
 

@@ -19,6 +19,7 @@ from helpers.profiles import get_profile
 
 OK, WARNING, PROBLEM = "ok", "warning", "problem"
 MIN_FREE_GB = 5.0
+MIN_PYTHON = (3, 10)
 KEY_LIBRARIES = ("torch", "transformers", "trl", "peft", "bitsandbytes", "datasets", "accelerate", "modelscope")
 
 
@@ -45,7 +46,7 @@ def pinned_versions(requirements: Path = REPO_ROOT / "requirements.txt") -> dict
 
 def check_python() -> Check:
     version = platform.python_version()
-    if sys.version_info < (3, 10):
+    if sys.version_info[:2] < MIN_PYTHON:
         return Check("Python", version, PROBLEM, "需要 Python >= 3.10 / needs Python 3.10 or newer")
     return Check("Python", version, OK)
 
@@ -69,7 +70,8 @@ def check_gpu() -> list[Check]:
     build = f"torch {torch.__version__}, CUDA build {torch.version.cuda or 'none (CPU)'}"
     if not torch.cuda.is_available():
         return [
-            Check("GPU", "无 none", WARNING, "只能运行 tiny 配置；真实模型请租用 GPU / CPU only: the tiny profile runs, real models need a GPU"),
+            Check("GPU", "无 none", WARNING,
+                  "只能运行 tiny 配置；真实模型请租用 GPU / CPU only: the tiny profile runs, real models need a GPU"),
             Check("torch build", build, OK),
         ]
     props = torch.cuda.get_device_properties(0)
@@ -101,7 +103,7 @@ def check_hubs() -> list[Check]:
     advice = {
         MODELSCOPE_URL: "下载将尝试 Hugging Face / downloads will try Hugging Face next",
         endpoint: f"国内可设 HF_ENDPOINT={SUGGESTED_MIRROR} / in China set HF_ENDPOINT={SUGGESTED_MIRROR}",
-        SUGGESTED_MIRROR: "镜像不可达：使用 ModelScope 或本地模型路径 / mirror unreachable: use ModelScope or a local path",
+        SUGGESTED_MIRROR: "镜像不可达：用 ModelScope 或本地路径 / mirror unreachable: use ModelScope or a local path",
     }
     return [
         Check(f"reach {url}", "可达 reachable" if error is None else error,

@@ -1,0 +1,28 @@
+import subprocess
+import sys
+
+from helpers.env import OK, PROBLEM, check_library, format_report, pinned_versions, run_checks
+
+
+def test_env_module_prints_report_and_exits_zero_here():
+    result = subprocess.run([sys.executable, "-m", "helpers.env"], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stdout + result.stderr
+    for item in ("course profile", "transformers", "GPU", "disk: system", "reach https://www.modelscope.cn"):
+        assert item in result.stdout
+
+
+def test_every_check_has_a_verdict_and_problems_have_advice():
+    checks = run_checks()
+    assert {c.verdict for c in checks} <= {"ok", "warning", "problem"}
+    assert all(c.advice for c in checks if c.verdict != OK)
+
+
+def test_missing_library_is_a_problem_with_a_fix():
+    check = check_library("no-such-package-for-the-course", "1.0")
+    assert check.verdict == PROBLEM and "make setup" in check.advice
+    assert "make setup" in format_report([check])
+
+
+def test_pins_come_from_requirements():
+    pins = pinned_versions()
+    assert pins["transformers"].startswith("5.") and pins["trl"].startswith("1.")
