@@ -19,6 +19,24 @@ class ProfileError(ValueError):
 
 
 @dataclass(frozen=True)
+class Recipe:
+    """Training sizes for one lesson: LoRA shape, optimizer, batch, length and steps."""
+
+    lora_r: int
+    lora_alpha: int
+    lora_dropout: float
+    learning_rate: float
+    max_steps: int
+    batch_size: int
+    grad_accum: int
+    cutoff: int
+    warmup_steps: int
+    save_steps: int
+    train_rows: int | None = None  # None: every row of the data set
+    eval_rows: int = 20
+
+
+@dataclass(frozen=True)
 class Profile:
     """Everything that differs between the tiny and the gpu run of the course."""
 
@@ -26,12 +44,33 @@ class Profile:
     model_id: str
     compute_dtype: str  # "float32" on CPU; "bfloat16" on GPU (fp16 where bf16 is missing)
     max_new_tokens: int
+    recipes: dict[str, Recipe]
     seed: int = 42
 
     @property
     def is_tiny(self) -> bool:
         return self.name == "tiny"
 
+    def recipe(self, lesson: str) -> Recipe:
+        """The training recipe of a lesson: ``nekoqa``, ``tang`` or ``huanhuan``."""
+        if lesson not in self.recipes:
+            raise ProfileError(f"没有课程 {lesson!r} 的配方 / no recipe for {lesson!r}; known: {', '.join(self.recipes)}")
+        return self.recipes[lesson]
+
+
+# Tiny: a 135M model, a few dozen steps on 2 CPU cores, a high learning rate so a short run shows learning.
+TINY_RECIPE = Recipe(lora_r=8, lora_alpha=16, lora_dropout=0.0, learning_rate=1e-3, max_steps=16, batch_size=4,
+                     grad_accum=1, cutoff=256, warmup_steps=2, save_steps=8)
+
+# GPU: the original tutorials' recipes (see the lessons for their sources).
+GPU_RECIPES = {
+    "nekoqa": Recipe(lora_r=32, lora_alpha=32, lora_dropout=0.05, learning_rate=2e-4, max_steps=150, batch_size=2,
+                     grad_accum=4, cutoff=2048, warmup_steps=5, save_steps=50),
+    "tang": Recipe(lora_r=8, lora_alpha=16, lora_dropout=0.05, learning_rate=3e-4, max_steps=65, batch_size=4,
+                   grad_accum=4, cutoff=256, warmup_steps=50, save_steps=20, train_rows=1040),
+    "huanhuan": Recipe(lora_r=8, lora_alpha=32, lora_dropout=0.1, learning_rate=1e-4, max_steps=700, batch_size=4,
+                       grad_accum=4, cutoff=384, warmup_steps=20, save_steps=100),
+}
 
 PROFILES: dict[str, Profile] = {
     "tiny": Profile(
@@ -39,12 +78,14 @@ PROFILES: dict[str, Profile] = {
         model_id=TINY_MODEL_ID,
         compute_dtype="float32",
         max_new_tokens=48,
+        recipes={"nekoqa": TINY_RECIPE, "tang": TINY_RECIPE, "huanhuan": TINY_RECIPE},
     ),
     "gpu": Profile(
         name="gpu",
         model_id="Qwen/Qwen2.5-1.5B-Instruct",
         compute_dtype="bfloat16",
         max_new_tokens=256,
+        recipes=GPU_RECIPES,
     ),
 }
 

@@ -1,0 +1,173 @@
+"""QLoRA training on TRL's SFTTrainer, with the current APIs (transformers 5, trl 1.x, peft 0.21).
+
+Old tutorials call ``SFTTrainer(tokenizer=..., max_seq_length=..., dataset_text_field=...)``;
+today the tokenizer is ``processing_class=`` and lengths live in ``SFTConfig(max_length=...)``.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from datasets import Dataset
+from peft import LoraConfig, prepare_model_for_kbit_training
+from transformers import AutoModelForCausalLM, BitsAndBytesConfig, TrainerCallback
+from transformers.trainer_callback import ProgressCallback
+from transformers.trainer_utils import get_last_checkpoint
+from transformers.utils.notebook import NotebookProgressCallback
+from trl import SFTConfig, SFTTrainer
+
+from helpers.hardware import compute_dtype, device
+from helpers.profiles import Profile, Recipe
+from helpers.templates import IGNORE_INDEX
+
+
+def quantization_config(dtype: torch.dtype) -> BitsAndBytesConfig:
+    """NF4 weights with double quantization; matmuls run in ``dtype`` (the QLoRA recipe)."""
+    return BitsAndBytesConfig(
+        load_in_4bit=True,
+        bnb_4bit_quant_type="nf4",
+        bnb_4bit_use_double_quant=True,
+        bnb_4bit_compute_dtype=dtype,
+    )
+
+
+def lora_config(recipe: Recipe) -> LoraConfig:
+    """LoRA on all seven projections of each block (attention q/k/v/o and MLP gate/up/down)."""
+    return LoraConfig(
+        r=recipe.lora_r,
+        lora_alpha=recipe.lora_alpha,
+        lora_dropout=recipe.lora_dropout,
+        target_modules=["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"],
+        task_type="CAUSAL_LM",
+    )
+
+
+def sft_config(recipe: Recipe, output_dir: Path, dtype: torch.dtype, seed: int) -> SFTConfig:
+    """Trainer settings: checkpoints every ``save_steps`` (keep 2) so an interrupted run resumes."""
+    return SFTConfig(
+        output_dir=str(output_dir),
+        max_length=recipe.cutoff,
+        per_device_train_batch_size=recipe.batch_size,
+        gradient_accumulation_steps=recipe.grad_accum,
+        learning_rate=recipe.learning_rate,
+        lr_scheduler_type="linear",
+        warmup_steps=recipe.warmup_steps,
+        max_steps=recipe.max_steps,
+        logging_steps=1,
+        save_steps=recipe.save_steps,
+        save_total_limit=2,
+        gradient_checkpointing=True,
+        bf16=dtype is torch.bfloat16,
+        fp16=dtype is torch.float16,
+        use_cpu=not torch.cuda.is_available(),
+        optim="paged_adamw_8bit" if torch.cuda.is_available() else "adamw_torch",
+        group_by_length=True,  # batches of similar length waste less compute on padding
+        report_to="none",
+        seed=seed,
+        data_seed=seed,
+        dataloader_num_workers=0,
+        disable_tqdm=False,
+    )
+
+
+def load_model_4bit(model_dir: Path, profile: Profile) -> AutoModelForCausalLM:
+    """Load the base model quantized to NF4 and ready for k-bit training."""
+    dtype = compute_dtype(profile)
+    model = AutoModelForCausalLM.from_pretrained(
+        model_dir, quantization_config=quantization_config(dtype), dtype=dtype, device_map={"": device()}
+    )
+    # Casts norms to fp32 and enables input grads, so gradient checkpointing works on a frozen base
+    # (without it: "element 0 of tensors does not require grad").
+    return prepare_model_for_kbit_training(model, use_gradient_checkpointing=True)
+
+
+def to_dataset(encoded: list[dict[str, list[int]]]) -> Dataset:
+    """Pre-tokenized rows; SFTTrainer uses our ``labels`` column as is."""
+    return Dataset.from_list(encoded)
+
+
+class LossPlot(TrainerCallback):
+    """Collects the training loss and redraws a plot in the notebook as training goes."""
+
+    def __init__(self, title: str, live: bool = True) -> None:
+        self.title, self.live = title, live
+        self.steps: list[int] = []
+        self.losses: list[float] = []
+        self._handle = None
+
+    def on_log(self, args, state, control, logs=None, **kwargs):
+        if logs and "loss" in logs:
+            self.steps.append(state.global_step)
+            self.losses.append(float(logs["loss"]))
+            if self.live:
+                self._redraw()
+
+    def figure(self):
+        import matplotlib.pyplot as plt
+
+        fig, ax = plt.subplots(figsize=(6, 3))
+        ax.plot(self.steps, self.losses, marker="o")
+        ax.set(title=self.title, xlabel="step", ylabel="training loss")
+        ax.grid(alpha=0.3)
+        fig.tight_layout()
+        plt.close(fig)
+        return fig
+
+    def _redraw(self) -> None:
+        try:
+            from IPython import get_ipython
+            from IPython.display import display
+        except ImportError:
+            return
+        if get_ipython() is None:
+            return
+        if self._handle is None:
+            self._handle = display(self.figure(), display_id=True)
+        else:
+            self._handle.update(self.figure())
+
+
+def make_trainer(model, tokenizer, train_rows: list[dict], lora: LoraConfig, args: SFTConfig,
+                 callbacks: list[TrainerCallback] = ()) -> SFTTrainer:
+    """An SFTTrainer with a tqdm progress bar instead of the notebook's HTML table."""
+    trainer = SFTTrainer(
+        model=model,
+        args=args,
+        train_dataset=to_dataset(train_rows),
+        processing_class=tokenizer,
+        peft_config=lora,
+        callbacks=list(callbacks),
+    )
+    trainer.remove_callback(NotebookProgressCallback)
+    if not any(isinstance(cb, ProgressCallback) for cb in trainer.callback_handler.callbacks):
+        trainer.add_callback(ProgressCallback)
+    return trainer
+
+
+def train(trainer: SFTTrainer) -> None:
+    """Train, resuming from the last complete checkpoint in the output folder when there is one."""
+    last = get_last_checkpoint(trainer.args.output_dir) if Path(trainer.args.output_dir).is_dir() else None
+    trainer.train(resume_from_checkpoint=last)
+
+
+@torch.no_grad()
+def heldout_loss(model, rows: list[dict[str, list[int]]], batch_size: int = 8) -> float:
+    """Mean cross-entropy per learned token over ``rows`` (token-weighted, not row-weighted)."""
+    model.eval()
+    total, count = 0.0, 0
+    for start in range(0, len(rows), batch_size):
+        batch = rows[start : start + batch_size]
+        width = max(len(r["input_ids"]) for r in batch)
+        ids = torch.tensor([r["input_ids"] + [0] * (width - len(r["input_ids"])) for r in batch])
+        mask = torch.tensor([[1] * len(r["input_ids"]) + [0] * (width - len(r["input_ids"])) for r in batch])
+        labels = torch.tensor([r["labels"] + [IGNORE_INDEX] * (width - len(r["labels"])) for r in batch])
+        logits = model(input_ids=ids.to(model.device), attention_mask=mask.to(model.device)).logits.float()
+        shift_logits, shift_labels = logits[:, :-1], labels[:, 1:].to(logits.device)
+        loss = torch.nn.functional.cross_entropy(
+            shift_logits.reshape(-1, shift_logits.size(-1)), shift_labels.reshape(-1),
+            ignore_index=IGNORE_INDEX, reduction="sum",
+        )
+        total += loss.item()
+        count += int((shift_labels != IGNORE_INDEX).sum())
+    return total / count
