@@ -42,7 +42,8 @@ def read_records(path: str | Path) -> list[dict]:
             records = json.loads(text)
         except json.JSONDecodeError as error:
             raise DataError(
-                f"{path}: 第 {error.lineno} 行第 {error.colno} 列不是合法的 JSON（{error.msg}），请检查逗号、引号和括号。\n"
+                f"{path}: 第 {error.lineno} 行第 {error.colno} 列不是合法的 JSON（{error.msg}），"
+                "请检查逗号、引号和括号。\n"
                 f"{path}: invalid JSON at line {error.lineno}, column {error.colno} ({error.msg}): "
                 "check commas, quotes and brackets."
             ) from None
@@ -55,7 +56,8 @@ def read_records(path: str | Path) -> list[dict]:
                 records.append(json.loads(line))
             except json.JSONDecodeError as error:
                 raise DataError(
-                    f"{path}: JSON lines 第 {number} 行第 {error.colno} 列出错（{error.msg}），每行应是一个完整的 JSON 对象。\n"
+                    f"{path}: JSON lines 第 {number} 行第 {error.colno} 列出错（{error.msg}），"
+                    "每行应是一个完整的 JSON 对象。\n"
                     f"{path}: line {number}, column {error.colno} is not valid JSON ({error.msg}); "
                     "each line must be one JSON object."
                 ) from None
@@ -65,7 +67,9 @@ def read_records(path: str | Path) -> list[dict]:
 
 
 def _row_error(path: str, index: int, field: str, problem_zh: str, problem_en: str) -> DataError:
-    return DataError(f"{path} 第 {index} 行，字段 {field!r}：{problem_zh}\n{path} row {index}, field {field!r}: {problem_en}")
+    return DataError(
+        f"{path} 第 {index} 行，字段 {field!r}：{problem_zh}\n{path} row {index}, field {field!r}: {problem_en}"
+    )
 
 
 def _text_field(row: dict, field: str, where: tuple[str, int], required: bool = True) -> str:
@@ -93,7 +97,8 @@ def alpaca_to_messages(row: dict, system: str | None = None, where: tuple[str, i
     if not isinstance(history, list) or not all(
         isinstance(pair, list) and len(pair) == 2 and all(isinstance(t, str) for t in pair) for pair in history
     ):
-        raise _row_error(*where, "history", "应为 [[问, 答], ...] 形式的列表", "must be a list of [question, answer] pairs")
+        raise _row_error(*where, "history", "应为 [[问, 答], ...] 形式的列表",
+                         "must be a list of [question, answer] pairs")
     for question, answer in history:
         messages += [{"role": "user", "content": question}, {"role": "assistant", "content": answer}]
     user = "\n".join(part for part in (instruction, extra) if part)

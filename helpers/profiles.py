@@ -54,13 +54,14 @@ class Profile:
     def recipe(self, lesson: str) -> Recipe:
         """The training recipe of a lesson: ``nekoqa``, ``tang`` or ``huanhuan``."""
         if lesson not in self.recipes:
-            raise ProfileError(f"没有课程 {lesson!r} 的配方 / no recipe for {lesson!r}; known: {', '.join(self.recipes)}")
+            known = ", ".join(self.recipes)
+            raise ProfileError(f"没有课程 {lesson!r} 的配方 / no recipe for {lesson!r}; known: {known}")
         return self.recipes[lesson]
 
 
 # Tiny: a 135M model, a few dozen steps on 2 CPU cores, a high learning rate so a short run shows learning.
-TINY_RECIPE = Recipe(lora_r=8, lora_alpha=16, lora_dropout=0.0, learning_rate=1e-3, max_steps=16, batch_size=4,
-                     grad_accum=1, cutoff=256, warmup_steps=2, save_steps=8)
+TINY_RECIPE = Recipe(lora_r=8, lora_alpha=16, lora_dropout=0.0, learning_rate=2e-3, max_steps=6, batch_size=4,
+                     grad_accum=1, cutoff=192, warmup_steps=1, save_steps=3, eval_rows=12)
 
 # GPU: the original tutorials' recipes (see the lessons for their sources).
 GPU_RECIPES = {

@@ -6,6 +6,7 @@ today the tokenizer is ``processing_class=`` and lengths live in ``SFTConfig(max
 
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 
 import torch
@@ -20,6 +21,9 @@ from trl import SFTConfig, SFTTrainer
 from helpers.hardware import compute_dtype, device
 from helpers.profiles import Profile, Recipe
 from helpers.templates import IGNORE_INDEX
+
+# peft 0.21 still reads the attribute transformers 5 renamed; the warning is theirs, not a student's problem.
+warnings.filterwarnings("ignore", message="`is_gradient_checkpointing` is deprecated", category=FutureWarning)
 
 
 def quantization_config(dtype: torch.dtype) -> BitsAndBytesConfig:
@@ -57,12 +61,12 @@ def sft_config(recipe: Recipe, output_dir: Path, dtype: torch.dtype, seed: int) 
         logging_steps=1,
         save_steps=recipe.save_steps,
         save_total_limit=2,
-        gradient_checkpointing=True,
+        activation_checkpointing=True,  # a.k.a. gradient checkpointing: recompute activations, save memory
         bf16=dtype is torch.bfloat16,
         fp16=dtype is torch.float16,
         use_cpu=not torch.cuda.is_available(),
         optim="paged_adamw_8bit" if torch.cuda.is_available() else "adamw_torch",
-        group_by_length=True,  # batches of similar length waste less compute on padding
+        train_sampling_strategy="group_by_length",  # similar lengths per batch: less compute spent on padding
         report_to="none",
         seed=seed,
         data_seed=seed,
@@ -77,9 +81,11 @@ def load_model_4bit(model_dir: Path, profile: Profile) -> AutoModelForCausalLM:
     model = AutoModelForCausalLM.from_pretrained(
         model_dir, quantization_config=quantization_config(dtype), dtype=dtype, device_map={"": device()}
     )
-    # Casts norms to fp32 and enables input grads, so gradient checkpointing works on a frozen base
-    # (without it: "element 0 of tensors does not require grad").
-    return prepare_model_for_kbit_training(model, use_gradient_checkpointing=True)
+    # Casts norms to fp32; input grads let activation checkpointing work on a frozen base
+    # (without them: "element 0 of tensors does not require grad"). The trainer turns checkpointing on.
+    model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=False)
+    model.enable_input_require_grads()
+    return model
 
 
 def to_dataset(encoded: list[dict[str, list[int]]]) -> Dataset:
@@ -145,10 +151,24 @@ def make_trainer(model, tokenizer, train_rows: list[dict], lora: LoraConfig, arg
     return trainer
 
 
+def unfinished_checkpoint(output_dir: str | Path, max_steps: int) -> str | None:
+    """The last checkpoint of an interrupted run, or None when there is none or the run had finished."""
+    last = get_last_checkpoint(str(output_dir)) if Path(output_dir).is_dir() else None
+    if last is None or int(Path(last).name.split("-")[-1]) >= max_steps:
+        return None
+    return last
+
+
 def train(trainer: SFTTrainer) -> None:
-    """Train, resuming from the last complete checkpoint in the output folder when there is one."""
-    last = get_last_checkpoint(trainer.args.output_dir) if Path(trainer.args.output_dir).is_dir() else None
-    trainer.train(resume_from_checkpoint=last)
+    """Train, resuming an interrupted run from its last checkpoint (a finished run trains anew)."""
+    resume = unfinished_checkpoint(trainer.args.output_dir, trainer.args.max_steps)
+    if resume:
+        print(f"从检查点继续训练 / resuming from {Path(resume).name}")
+    trainer.train(resume_from_checkpoint=resume)
+
+
+def logged_losses(trainer: SFTTrainer) -> list[float]:
+    return [entry["loss"] for entry in trainer.state.log_history if "loss" in entry]
 
 
 @torch.no_grad()
@@ -171,3 +191,15 @@ def heldout_loss(model, rows: list[dict[str, list[int]]], batch_size: int = 8) -
         total += loss.item()
         count += int((shift_labels != IGNORE_INDEX).sum())
     return total / count
+
+
+@torch.no_grad()
+def generate_replies(model, tokenizer, conversations: list[list[dict]], max_new_tokens: int) -> list[str]:
+    """Greedy replies for a batch of conversations (left-padded, so every prompt ends at the same column)."""
+    model.eval()
+    prompts = [tokenizer.apply_chat_template(c, tokenize=False, add_generation_prompt=True) for c in conversations]
+    tokenizer.padding_side = "left"
+    batch = tokenizer(prompts, return_tensors="pt", padding=True, add_special_tokens=False).to(model.device)
+    output = model.generate(**batch, max_new_tokens=max_new_tokens, do_sample=False,
+                            pad_token_id=tokenizer.pad_token_id)
+    return tokenizer.batch_decode(output[:, batch["input_ids"].shape[1]:], skip_special_tokens=True)
