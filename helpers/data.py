@@ -9,6 +9,7 @@ import argparse
 import json
 import sys
 import warnings
+from collections import Counter
 from pathlib import Path
 
 from helpers.paths import DATA_DIR
@@ -136,8 +137,8 @@ def load_conversations(path: str | Path, system: str | None = None) -> list[list
     """Read and validate a file; every row becomes a conversation, or a DataError names the bad row."""
     records = read_records(path)
     conversations = [to_messages(row, system, (str(path), i)) for i, row in enumerate(records, start=1)]
-    seen: set[str] = set()
-    duplicates = sum(1 for c in conversations if (key := json.dumps(c, ensure_ascii=False)) in seen or seen.add(key))
+    counts = Counter(json.dumps(c, ensure_ascii=False) for c in conversations)
+    duplicates = sum(n - 1 for n in counts.values())
     if duplicates:
         warnings.warn(f"{path}: {duplicates} 行重复 / {duplicates} duplicate rows", stacklevel=2)
     return conversations

@@ -17,6 +17,7 @@ from transformers.trainer_callback import ProgressCallback
 from transformers.trainer_utils import get_last_checkpoint
 from transformers.utils.notebook import NotebookProgressCallback
 from trl import SFTConfig, SFTTrainer
+from trl.trainer.sft_trainer import DataCollatorForLanguageModeling
 
 from helpers.hardware import compute_dtype, device
 from helpers.profiles import Profile, Recipe
@@ -24,6 +25,9 @@ from helpers.templates import IGNORE_INDEX
 
 # peft 0.21 still reads the attribute transformers 5 renamed; the warning is theirs, not a student's problem.
 warnings.filterwarnings("ignore", message="`is_gradient_checkpointing` is deprecated", category=FutureWarning)
+
+# The padding SFTTrainer applies to our rows (labels padded with -100), reused for held-out loss.
+_PAD_LIKE_TRAINING = DataCollatorForLanguageModeling(pad_token_id=0)
 
 
 def quantization_config(dtype: torch.dtype) -> BitsAndBytesConfig:
@@ -177,12 +181,10 @@ def heldout_loss(model, rows: list[dict[str, list[int]]], batch_size: int = 8) -
     model.eval()
     total, count = 0.0, 0
     for start in range(0, len(rows), batch_size):
-        batch = rows[start : start + batch_size]
-        width = max(len(r["input_ids"]) for r in batch)
-        ids = torch.tensor([r["input_ids"] + [0] * (width - len(r["input_ids"])) for r in batch])
-        mask = torch.tensor([[1] * len(r["input_ids"]) + [0] * (width - len(r["input_ids"])) for r in batch])
-        labels = torch.tensor([r["labels"] + [IGNORE_INDEX] * (width - len(r["labels"])) for r in batch])
-        logits = model(input_ids=ids.to(model.device), attention_mask=mask.to(model.device)).logits.float()
+        padded = _PAD_LIKE_TRAINING(rows[start : start + batch_size])
+        logits = model(input_ids=padded["input_ids"].to(model.device),
+                       attention_mask=padded["attention_mask"].to(model.device)).logits.float()
+        labels = padded["labels"]
         shift_logits, shift_labels = logits[:, :-1], labels[:, 1:].to(logits.device)
         loss = torch.nn.functional.cross_entropy(
             shift_logits.reshape(-1, shift_logits.size(-1)), shift_labels.reshape(-1),
@@ -198,8 +200,8 @@ def generate_replies(model, tokenizer, conversations: list[list[dict]], max_new_
     """Greedy replies for a batch of conversations (left-padded, so every prompt ends at the same column)."""
     model.eval()
     prompts = [tokenizer.apply_chat_template(c, tokenize=False, add_generation_prompt=True) for c in conversations]
-    tokenizer.padding_side = "left"
-    batch = tokenizer(prompts, return_tensors="pt", padding=True, add_special_tokens=False).to(model.device)
+    batch = tokenizer(prompts, return_tensors="pt", padding=True, padding_side="left",
+                      add_special_tokens=False).to(model.device)
     output = model.generate(**batch, max_new_tokens=max_new_tokens, do_sample=False,
                             pad_token_id=tokenizer.pad_token_id)
     return tokenizer.batch_decode(output[:, batch["input_ids"].shape[1]:], skip_special_tokens=True)
