@@ -13,6 +13,7 @@ from collections import Counter
 from pathlib import Path
 
 from helpers.paths import DATA_DIR
+from helpers.profiles import Profile
 from helpers.templates import IGNORE_INDEX, Message, encode_with_label_mask
 
 HUANHUAN_SYSTEM = (DATA_DIR / "huanhuan" / "system_prompt.txt").read_text(encoding="utf-8").strip()
@@ -182,8 +183,9 @@ def encode_conversations(tokenizer, conversations: list[list[Message]], cutoff: 
     return encoded
 
 
-def course_conversations(lesson: str, split: str, limit: int | None = None) -> list[list[Message]]:
-    """A shipped course data set as conversations; ``split`` is ``train`` or ``eval``."""
+def course_conversations(lesson: str, split: str, limit: int | None = None,
+                         profile: Profile | None = None) -> list[list[Message]]:
+    """A course data set as conversations; ``split`` is ``train`` or ``eval``."""
     train_file, eval_file, system = COURSE_DATASETS[lesson]
     conversations = load_conversations(DATA_DIR / (train_file if split == "train" else eval_file), system)
     return conversations[:limit] if limit else conversations

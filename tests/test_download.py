@@ -6,9 +6,9 @@ import pytest
 
 from helpers import download
 from helpers.download import DownloadError, Source, download_model, local_folder_name
-from helpers.paths import CACHE_ENV
+from helpers.paths import CACHE_ENV, COMPLETE_MARKER
 from helpers.profiles import get_profile
-from helpers.tiny_model import COMPLETE_MARKER, ensure_tiny_model
+from helpers.tiny_model import ensure_tiny_model
 
 GPU = get_profile("gpu")
 MODEL = "Qwen/Qwen2.5-0.5B-Instruct"
