@@ -13,7 +13,7 @@ from collections import Counter
 from pathlib import Path
 
 from helpers.paths import DATA_DIR
-from helpers.profiles import Profile
+from helpers.profiles import Profile, get_profile
 from helpers.templates import IGNORE_INDEX, Message, encode_with_label_mask
 
 HUANHUAN_SYSTEM = (DATA_DIR / "huanhuan" / "system_prompt.txt").read_text(encoding="utf-8").strip()
@@ -183,11 +183,30 @@ def encode_conversations(tokenizer, conversations: list[list[Message]], cutoff: 
     return encoded
 
 
+def drop_held_out(train: list[list[Message]], held_out: list[list[Message]]) -> list[list[Message]]:
+    """Training conversations whose last question is not a held-out one (the full sets were not written for us)."""
+    questions = {conversation[-2]["content"] for conversation in held_out}
+    kept = [conversation for conversation in train if conversation[-2]["content"] not in questions]
+    if len(kept) < len(train):
+        dropped = len(train) - len(kept)
+        print(f"训练集有 {dropped} 条的问题在留出集中，已去掉 / dropped {dropped} training rows held out for eval")
+    return kept
+
+
 def course_conversations(lesson: str, split: str, limit: int | None = None,
                          profile: Profile | None = None) -> list[list[Message]]:
-    """A course data set as conversations; ``split`` is ``train`` or ``eval``."""
-    train_file, eval_file, system = COURSE_DATASETS[lesson]
-    conversations = load_conversations(DATA_DIR / (train_file if split == "train" else eval_file), system)
+    """A course data set as conversations; ``split`` is ``train`` or ``eval`` (the shipped held-out file).
+
+    ``train`` is the shipped file in the tiny profile and the full public set in the gpu profile
+    (``helpers.hub_data``; the shipped file when it cannot be had), without held-out questions.
+    """
+    from helpers.hub_data import train_file  # imported here: hub_data imports this module
+
+    _, eval_file, system = COURSE_DATASETS[lesson]
+    conversations = load_conversations(DATA_DIR / eval_file, system)
+    if split == "train":
+        train = load_conversations(train_file(lesson, profile or get_profile()), system)
+        conversations = drop_held_out(train, conversations)
     return conversations[:limit] if limit else conversations
 
 
@@ -195,6 +214,10 @@ def validate(path: str | Path) -> str:
     """Validate a data file; return a one-line summary or raise DataError."""
     records = read_records(path)
     for i, row in enumerate(records, start=1):
+        if "chosen" in row:  # a preference pair for DPO (lesson 09)
+            for field in ("prompt", "chosen", "rejected"):
+                _text_field(row, field, (str(path), i))
+            continue
         if "output" not in row and "conversations" not in row and "messages" not in row:
             _text_field(row, "instruction", (str(path), i))  # a test file without outputs: prompts only
             continue

@@ -3,6 +3,7 @@
 A folder counts as downloaded only once a marker file is written after the last file
 arrived; an interrupted download is resumed by the next call, never loaded half-done.
 The tiny profile never touches the network: it returns the converted SmolLM2 folder.
+``fetch_first`` is the fallback loop that the full data sets (``helpers.hub_data``) share.
 """
 
 from __future__ import annotations
@@ -67,10 +68,14 @@ def check_free_space(folder: Path, needed: int = MIN_FREE_BYTES) -> None:
         )
 
 
+def tried_lines(attempts: list[tuple[str, str]]) -> str:
+    """One line per source tried: its name and why it failed."""
+    return "\n".join(f"  - {name}: {reason}" for name, reason in attempts)
+
+
 def failure_message(model_id: str, attempts: list[tuple[str, str]]) -> str:
-    tried = "\n".join(f"  - {name}: {reason}" for name, reason in attempts)
     return (
-        f"模型 {model_id} 下载失败。已尝试 / Tried:\n{tried}\n"
+        f"模型 {model_id} 下载失败。已尝试 / Tried:\n{tried_lines(attempts)}\n"
         "怎么办 / What to do:\n"
         "  1. 检查模型名是否正确（ModelScope 与 Hugging Face 上的名字可能不同）/ check the model name on each hub;\n"
         f"  2. 国内访问 Hugging Face：export HF_ENDPOINT={SUGGESTED_MIRROR} / use the mirror;\n"
@@ -103,6 +108,20 @@ def download_model(
     if is_complete(target):
         return target
     check_free_space(target.parent)
+    return fetch_first(model_id, target, sources, failure_message)
+
+
+def fetch_first(
+    item: str,
+    target: Path,
+    sources: tuple[Source, ...],
+    failure: Callable[[str, list[tuple[str, str]]], str],
+    verify: Callable[[Path], object] = lambda target: None,
+) -> Path:
+    """Fetch ``item`` into ``target`` from the first source that answers the probe and passes ``verify``.
+
+    ``target`` is marked complete only after that; otherwise DownloadError carries ``failure(item, attempts)``.
+    """
     attempts: list[tuple[str, str]] = []
     for source in sources:
         unreachable = probe(source.url())
@@ -110,10 +129,11 @@ def download_model(
             attempts.append((source.name, unreachable))
             continue
         try:
-            source.fetch(model_id, target)  # resumes whatever an interrupted run left in target
+            source.fetch(item, target)  # resumes whatever an interrupted run left in target
+            verify(target)
         except Exception as error:  # each hub raises its own exception types
             attempts.append((source.name, f"{error.__class__.__name__}: {str(error)[:300]}"))
             continue
         mark_complete(target)
         return target
-    raise DownloadError(failure_message(model_id, attempts))
+    raise DownloadError(failure(item, attempts))

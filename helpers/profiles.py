@@ -12,6 +12,8 @@ from dataclasses import dataclass
 
 PROFILE_ENV = "COURSE_PROFILE"
 TINY_MODEL_ID = "HuggingFaceTB/SmolLM2-135M-Instruct"
+# LoRA goes on all seven projections of each block: attention q/k/v/o and MLP gate/up/down.
+LORA_TARGET_MODULES = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
 
 
 class ProfileError(ValueError):
@@ -45,6 +47,7 @@ class Profile:
     compute_dtype: str  # "float32" on CPU; "bfloat16" on GPU (fp16 where bf16 is missing)
     max_new_tokens: int
     recipes: dict[str, Recipe]
+    max_shard_size: str = "2GB"  # merged models are saved in safetensors shards of this size
     seed: int = 42
 
     @property
@@ -80,6 +83,7 @@ PROFILES: dict[str, Profile] = {
         compute_dtype="float32",
         max_new_tokens=48,
         recipes={"nekoqa": TINY_RECIPE, "tang": TINY_RECIPE, "huanhuan": TINY_RECIPE},
+        max_shard_size="200MB",  # small shards so the tiny run shows what sharding looks like
     ),
     "gpu": Profile(
         name="gpu",

@@ -10,6 +10,7 @@ import warnings
 from pathlib import Path
 
 import torch
+from accelerate import PartialState
 from datasets import Dataset
 from peft import LoraConfig, prepare_model_for_kbit_training
 from transformers import AutoModelForCausalLM, BitsAndBytesConfig, TrainerCallback
@@ -20,7 +21,7 @@ from trl import SFTConfig, SFTTrainer
 from trl.trainer.sft_trainer import DataCollatorForLanguageModeling
 
 from helpers.hardware import compute_dtype, device
-from helpers.profiles import Profile, Recipe
+from helpers.profiles import LORA_TARGET_MODULES, Profile, Recipe
 from helpers.templates import IGNORE_INDEX
 
 # peft 0.21 still reads the attribute transformers 5 renamed; the warning is theirs, not a student's problem.
@@ -46,7 +47,7 @@ def lora_config(recipe: Recipe) -> LoraConfig:
         r=recipe.lora_r,
         lora_alpha=recipe.lora_alpha,
         lora_dropout=recipe.lora_dropout,
-        target_modules=["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"],
+        target_modules=list(LORA_TARGET_MODULES),
         task_type="CAUSAL_LM",
     )
 
@@ -83,7 +84,8 @@ def load_model_4bit(model_dir: Path, profile: Profile) -> AutoModelForCausalLM:
     """Load the base model quantized to NF4 and ready for k-bit training."""
     dtype = compute_dtype(profile)
     model = AutoModelForCausalLM.from_pretrained(
-        model_dir, quantization_config=quantization_config(dtype), dtype=dtype, device_map={"": device()}
+        model_dir, quantization_config=quantization_config(dtype), dtype=dtype,
+        device_map={"": PartialState().local_process_index if device().type == "cuda" else "cpu"},  # DDP: GPU per rank
     )
     # Casts norms to fp32; input grads let activation checkpointing work on a frozen base
     # (without them: "element 0 of tensors does not require grad"). The trainer turns checkpointing on.

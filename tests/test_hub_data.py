@@ -1,0 +1,132 @@
+import json
+import time
+from dataclasses import replace
+
+import pytest
+
+from helpers import download, hub_data
+from helpers.data import course_conversations
+from helpers.download import DownloadError, Source
+from helpers.hub_data import FULL_DATASETS, download_full_dataset, full_dataset_path
+from helpers.paths import CACHE_ENV, COMPLETE_MARKER
+from helpers.profiles import get_profile
+
+GPU, TINY = get_profile("gpu"), get_profile("tiny")
+DEAD_PORT = "http://127.0.0.1:9"  # nothing listens on the discard port here: connection refused
+ROWS = [{"instruction": f"问题 {i}", "output": f"回答 {i} 喵~"} for i in range(30)]
+ROWS_TEXT = json.dumps(ROWS, ensure_ascii=False)
+
+
+@pytest.fixture(autouse=True)
+def isolated_cache(tmp_path, monkeypatch):
+    monkeypatch.setenv(CACHE_ENV, str(tmp_path / "cache"))
+    return tmp_path / "cache"
+
+
+@pytest.fixture
+def reachable(monkeypatch):
+    """Every probe succeeds: for tests whose sources are fakes."""
+    monkeypatch.setattr(download, "probe", lambda url: None)
+
+
+def fake_source(name, calls, text=ROWS_TEXT, fail=None):
+    def fetch(file_name, folder):
+        calls.append(name)
+        if fail:
+            raise fail
+        folder.mkdir(parents=True, exist_ok=True)
+        (folder / file_name).write_text(text, encoding="utf-8")
+
+    return Source(name, lambda: "local", fetch)
+
+
+def with_sources(monkeypatch, lesson, *sources):
+    monkeypatch.setitem(FULL_DATASETS, lesson, replace(FULL_DATASETS[lesson], sources=sources))
+
+
+def test_first_good_source_is_checked_marked_and_reused(reachable):
+    calls = []
+    path = download_full_dataset("nekoqa", (fake_source("a", calls), fake_source("b", calls)))
+    assert path == full_dataset_path("nekoqa") and path.name == "NekoQA-10K.json"
+    assert (path.parent / COMPLETE_MARKER).is_file() and calls == ["a"]
+    assert download_full_dataset("nekoqa", (fake_source("c", calls, fail=OSError("offline")),)) == path
+    assert calls == ["a"]  # reused without touching any source
+
+
+def test_gpu_profile_trains_on_the_full_set_and_evaluates_on_the_shipped_one(monkeypatch, reachable):
+    with_sources(monkeypatch, "nekoqa", fake_source("hub", []))
+    train = course_conversations("nekoqa", "train", profile=GPU)
+    assert [c[-2]["content"] for c in train] == [row["instruction"] for row in ROWS]
+    assert course_conversations("nekoqa", "eval", profile=GPU) == course_conversations("nekoqa", "eval", profile=TINY)
+
+
+def test_held_out_questions_are_dropped_from_a_full_set(monkeypatch, reachable, capsys):
+    # Prevents: scoring the model on rows it trained on, when the public set happens to hold a held-out row.
+    held_out = course_conversations("huanhuan", "eval", profile=TINY)[0]
+    rows = [*ROWS, {"instruction": held_out[-2]["content"], "input": "", "output": "别的回答"}]
+    with_sources(monkeypatch, "huanhuan", fake_source("hub", [], text=json.dumps(rows, ensure_ascii=False)))
+    train = course_conversations("huanhuan", "train", profile=GPU)
+    assert len(train) == len(ROWS) and "dropped 1" in capsys.readouterr().out
+
+
+def test_every_source_failing_falls_back_to_the_shipped_file_with_a_warning(monkeypatch, reachable, capsys):
+    # Prevents: a gpu-profile lesson crashing (or silently shrinking) when the hub is out of reach.
+    calls = []
+    with_sources(monkeypatch, "tang", fake_source("GitHub", calls, fail=OSError("boom")),
+                 fake_source("jsDelivr", calls, fail=TimeoutError("slow")))
+    assert course_conversations("tang", "train", profile=GPU) == course_conversations("tang", "train", profile=TINY)
+    out = capsys.readouterr().out
+    assert calls == ["GitHub", "jsDelivr"]
+    assert "GitHub: OSError: boom" in out and "jsDelivr: TimeoutError: slow" in out
+    assert "data/tang/Tang_training_data.json" in out and "GITHUB_RAW_ENDPOINT" in out
+    assert "datasets/tang/Tang_training_data.json" in out  # where to put the file by hand
+
+
+def test_a_file_failing_the_data_check_is_never_marked_complete(reachable):
+    calls = []
+    broken = fake_source("bad", calls, text='[{"instruction": "问题"}]')  # no output: not a training row
+    with pytest.raises(DownloadError, match=r"bad: DataError: .*'output'"):
+        download_full_dataset("nekoqa", (broken,))
+    assert not (full_dataset_path("nekoqa").parent / COMPLETE_MARKER).exists()
+    path = download_full_dataset("nekoqa", (broken, fake_source("good", calls)))
+    assert calls == ["bad", "bad", "good"] and (path.parent / COMPLETE_MARKER).is_file()
+
+
+def test_a_file_put_there_by_hand_is_used_offline(monkeypatch):
+    monkeypatch.setattr(download, "probe", lambda url: pytest.fail("a valid local file needs no network"))
+    path = full_dataset_path("huanhuan")
+    path.parent.mkdir(parents=True)
+    path.write_text(ROWS_TEXT, encoding="utf-8")
+    assert download_full_dataset("huanhuan") == path and (path.parent / COMPLETE_MARKER).is_file()
+
+
+def test_the_tiny_profile_never_touches_the_network(monkeypatch):
+    monkeypatch.setattr(download, "probe", lambda url: pytest.fail("tiny profile touched the network"))
+    assert len(course_conversations("nekoqa", "train", profile=TINY)) == 160
+
+
+def test_real_sources_at_a_refused_port_fail_fast(monkeypatch, capsys):
+    # Prevents: an offline gpu-profile lesson hanging on unreachable hosts before it falls back.
+    monkeypatch.setenv("HF_ENDPOINT", DEAD_PORT)
+    monkeypatch.setenv("GITHUB_RAW_ENDPOINT", DEAD_PORT)
+    monkeypatch.setattr(hub_data, "JSDELIVR_URL", DEAD_PORT)
+    for lesson, names in {"nekoqa": ["Hugging Face"], "tang": ["GitHub", "jsDelivr"],
+                          "huanhuan": ["GitHub", "jsDelivr"]}.items():
+        start = time.perf_counter()
+        conversations = course_conversations(lesson, "train", profile=GPU)
+        assert time.perf_counter() - start < 10 * len(names)
+        out = capsys.readouterr().out
+        assert conversations == course_conversations(lesson, "train", profile=TINY)
+        assert all(f"{name}: 127.0.0.1:9 不可达 unreachable" in out for name in names)
+
+
+def test_real_github_client_fails_fast_when_the_probe_passes(monkeypatch):
+    # The probe says "reachable", so urllib itself runs against the refused port.
+    monkeypatch.setattr(download, "probe", lambda url: None)
+    monkeypatch.setenv("GITHUB_RAW_ENDPOINT", DEAD_PORT)
+    monkeypatch.setattr(hub_data, "JSDELIVR_URL", DEAD_PORT)
+    start = time.perf_counter()
+    with pytest.raises(DownloadError) as failure:
+        download_full_dataset("huanhuan")
+    assert time.perf_counter() - start < 10
+    assert str(failure.value).count("URLError") == 2
