@@ -6,18 +6,30 @@ saves the adapter where 03 saves it, so lesson 06 or 07 opened first still has a
 
 from __future__ import annotations
 
+import math
+from contextlib import nullcontext
 from pathlib import Path
 
 import torch
 from peft import PeftModel
-from transformers import AutoTokenizer
+from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from helpers.data import course_conversations, encode_conversations
 from helpers.download import download_model
-from helpers.hardware import compute_dtype
+from helpers.evaluate import persona_rate, score, share, stopped_by_itself, verse_form_rate, write_predictions
+from helpers.hardware import compute_dtype, device
 from helpers.paths import COMPLETE_MARKER, display_path, is_complete, mark_complete, outputs_dir
 from helpers.profiles import Profile, get_profile
-from helpers.train import LossPlot, load_model_4bit, lora_config, make_trainer, sft_config, train
+from helpers.train import (
+    LossPlot,
+    generate_ids,
+    heldout_loss,
+    load_model_4bit,
+    lora_config,
+    make_trainer,
+    sft_config,
+    train,
+)
 
 LESSONS = ("nekoqa", "tang", "huanhuan")
 
@@ -68,10 +80,74 @@ def train_lesson(lesson: str, profile: Profile | None = None, force: bool = Fals
     return target
 
 
-def load_tuned(lesson: str, profile: Profile | None = None) -> tuple[PeftModel, object]:
-    """The 4-bit base with the lesson's adapter attached (trained first if missing), and its tokenizer."""
+def load_tuned(lesson: str, profile: Profile | None = None, four_bit: bool = True) -> tuple[PeftModel, object]:
+    """The lesson's adapter (trained first if missing) on its base, and the tokenizer.
+
+    ``four_bit=True``: the NF4 base the adapter was trained on. ``False``: a 16-bit base (fp32 on CPU),
+    which computes what the merged model computes (lesson 06) and generates much faster on CPU.
+    """
     profile = profile or get_profile()
     adapter = train_lesson(lesson, profile)
-    base = load_model_4bit(download_model(profile=profile), profile)
+    model_dir = download_model(profile=profile)
+    if four_bit:
+        base = load_model_4bit(model_dir, profile)
+    else:
+        base = AutoModelForCausalLM.from_pretrained(model_dir, dtype=compute_dtype(profile), device_map={"": device()})
     return PeftModel.from_pretrained(base, adapter), AutoTokenizer.from_pretrained(adapter)
 
+
+def eos_ids(model, tokenizer) -> set[int]:
+    """Every token id that ends a reply: the generation config's and the tokenizer's."""
+    configured = model.generation_config.eos_token_id
+    configured = configured if isinstance(configured, list) else [configured]
+    return {token for token in [*configured, tokenizer.eos_token_id] if token is not None}
+
+
+def predict(model, tokenizer, conversations: list[list[dict]], max_new_tokens: int) -> list[dict]:
+    """Greedy replies to each conversation's last user turn, as ``{prompt, predict, label, stopped}``."""
+    prompts = [conversation[:-1] for conversation in conversations]
+    generated = generate_ids(model, tokenizer, prompts, max_new_tokens)
+    ends = eos_ids(model, tokenizer)
+    return [
+        {
+            "prompt": tokenizer.apply_chat_template(prompt, tokenize=False, add_generation_prompt=True),
+            "predict": tokenizer.decode(new_ids, skip_special_tokens=True).strip(),
+            "label": conversation[-1]["content"],
+            "stopped": stopped_by_itself(new_ids, ends, max_new_tokens),
+        }
+        for prompt, conversation, new_ids in zip(prompts, conversations, generated, strict=True)
+    ]
+
+
+# The simple check that fits each data set (lesson 07): persona words for NekoQA, the verse form for Tang.
+TASK_CHECKS = {"nekoqa": ("persona", persona_rate), "tang": ("verse_form", verse_form_rate)}
+
+
+def metrics(lesson: str, records: list[dict], loss: float) -> dict[str, float]:
+    """BLEU-4 / ROUGE as LLaMA-Factory computes them, held-out loss and perplexity, stop rate, task check."""
+    row = {**score(records), "loss": round(loss, 4), "perplexity": round(math.exp(loss), 2),
+           "stop_rate": share(record["stopped"] for record in records)}
+    if lesson in TASK_CHECKS:
+        name, check = TASK_CHECKS[lesson]
+        row[name] = check(record["predict"] for record in records)
+    return row
+
+
+def predictions_dir(lesson: str, profile: Profile) -> Path:
+    return outputs_dir("eval", f"{lesson}-{profile.name}")
+
+
+def evaluate_lesson(lesson: str, profile: Profile | None = None) -> dict[str, dict[str, float]]:
+    """Base vs tuned on a lesson's held-out rows; predictions saved as ``outputs/eval/<lesson>-<profile>/*.jsonl``."""
+    profile = profile or get_profile()
+    model, tokenizer = load_tuned(lesson, profile, four_bit=False)
+    conversations = course_conversations(lesson, "eval", profile.recipe(lesson).eval_rows, profile)
+    rows = encoded_split(lesson, "eval", tokenizer, profile)
+    results = {}
+    for variant in ("base", "tuned"):
+        with model.disable_adapter() if variant == "base" else nullcontext():
+            records = predict(model, tokenizer, conversations, profile.max_new_tokens)
+            loss = heldout_loss(model, rows)
+        write_predictions(predictions_dir(lesson, profile) / f"{variant}.jsonl", records)
+        results[variant] = metrics(lesson, records, loss)
+    return results

@@ -6,6 +6,8 @@ today the tokenizer is ``processing_class=`` and lengths live in ``SFTConfig(max
 
 from __future__ import annotations
 
+import json
+import re
 import warnings
 from pathlib import Path
 
@@ -14,8 +16,9 @@ from accelerate import PartialState
 from datasets import Dataset
 from peft import LoraConfig, prepare_model_for_kbit_training
 from transformers import AutoModelForCausalLM, BitsAndBytesConfig, TrainerCallback
+from transformers.trainer import TRAINER_STATE_NAME
 from transformers.trainer_callback import ProgressCallback
-from transformers.trainer_utils import get_last_checkpoint
+from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 from transformers.utils.notebook import NotebookProgressCallback
 from trl import SFTConfig, SFTTrainer
 from trl.trainer.sft_trainer import DataCollatorForLanguageModeling
@@ -140,9 +143,38 @@ class LossPlot(TrainerCallback):
             self._handle.update(self.figure())
 
 
+class LoraTargetError(ValueError):
+    """A LoRA target module that names no layer of the model; the message lists the layers there are."""
+
+
+def linear_layer_names(model) -> list[str]:
+    """The distinct last names of the model's linear layers: what ``target_modules`` can name."""
+    return sorted({name.rsplit(".", 1)[-1] for name, module in model.named_modules()
+                   if isinstance(module, torch.nn.Linear)})
+
+
+def check_lora_targets(model, target_modules) -> None:
+    """Fail before training when a target names no module (peft skips such a name when another one matches)."""
+    if target_modules is None or target_modules == "all-linear":
+        return
+    names = [name for name, _ in model.named_modules()]
+    if isinstance(target_modules, str):  # peft reads a single string as a regular expression on the full name
+        missing = [] if any(re.fullmatch(target_modules, name) for name in names) else [target_modules]
+    else:
+        missing = sorted(t for t in target_modules if not any(n == t or n.endswith(f".{t}") for n in names))
+    if missing:
+        known = ", ".join(linear_layer_names(model))
+        raise LoraTargetError(
+            f"LoRA 目标模块 {missing} 在这个模型里不存在。它的线性层有：{known}。请从中选择 target_modules。\n"
+            f"LoRA target modules {missing} are not in this model. Its linear layers are: {known}; "
+            "choose target_modules from these."
+        )
+
+
 def make_trainer(model, tokenizer, train_rows: list[dict], lora: LoraConfig, args: SFTConfig,
                  callbacks: list[TrainerCallback] = ()) -> SFTTrainer:
     """An SFTTrainer with a tqdm progress bar instead of the notebook's HTML table."""
+    check_lora_targets(model, lora.target_modules)
     trainer = SFTTrainer(
         model=model,
         args=args,
@@ -157,12 +189,34 @@ def make_trainer(model, tokenizer, train_rows: list[dict], lora: LoraConfig, arg
     return trainer
 
 
+def checkpoint_step(folder: Path) -> int:
+    """The N of a ``checkpoint-N`` folder."""
+    return int(folder.name.rsplit("-", 1)[-1])
+
+
+def checkpoints(output_dir: str | Path) -> list[Path]:
+    """The ``checkpoint-N`` folders of a run, in step order."""
+    found = Path(output_dir).glob(f"{PREFIX_CHECKPOINT_DIR}-*")
+    return sorted((p for p in found if p.is_dir() and p.name.rsplit("-", 1)[-1].isdigit()), key=checkpoint_step)
+
+
+def checkpoint_is_complete(folder: Path) -> bool:
+    """The Trainer writes trainer_state.json last (after weights, optimizer, scheduler, RNG): readable means done."""
+    try:
+        json.loads((folder / TRAINER_STATE_NAME).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return False
+    return True
+
+
 def unfinished_checkpoint(output_dir: str | Path, max_steps: int) -> str | None:
-    """The last checkpoint of an interrupted run, or None when there is none or the run had finished."""
-    last = get_last_checkpoint(str(output_dir)) if Path(output_dir).is_dir() else None
-    if last is None or int(Path(last).name.split("-")[-1]) >= max_steps:
-        return None
-    return last
+    """The last complete checkpoint of an interrupted run, or None when there is none or the run had finished."""
+    for folder in reversed(checkpoints(output_dir)):
+        if checkpoint_is_complete(folder):
+            return str(folder) if checkpoint_step(folder) < max_steps else None
+        print(f"跳过没写完的检查点 {folder.name}（保存时训练被中断）/ "
+              f"skipping {folder.name}: the run stopped while it was being written")
+    return None
 
 
 def train(trainer: SFTTrainer) -> None:
@@ -198,12 +252,18 @@ def heldout_loss(model, rows: list[dict[str, list[int]]], batch_size: int = 8) -
 
 
 @torch.no_grad()
-def generate_replies(model, tokenizer, conversations: list[list[dict]], max_new_tokens: int) -> list[str]:
-    """Greedy replies for a batch of conversations (left-padded, so every prompt ends at the same column)."""
+def generate_ids(model, tokenizer, conversations: list[list[dict]], max_new_tokens: int) -> list[list[int]]:
+    """Greedy new-token ids for a batch of conversations (left-padded, so every prompt ends at the same column)."""
     model.eval()
     prompts = [tokenizer.apply_chat_template(c, tokenize=False, add_generation_prompt=True) for c in conversations]
     batch = tokenizer(prompts, return_tensors="pt", padding=True, padding_side="left",
                       add_special_tokens=False).to(model.device)
     output = model.generate(**batch, max_new_tokens=max_new_tokens, do_sample=False,
                             pad_token_id=tokenizer.pad_token_id)
-    return tokenizer.batch_decode(output[:, batch["input_ids"].shape[1]:], skip_special_tokens=True)
+    return output[:, batch["input_ids"].shape[1]:].tolist()
+
+
+def generate_replies(model, tokenizer, conversations: list[list[dict]], max_new_tokens: int) -> list[str]:
+    """Greedy replies for a batch of conversations."""
+    return tokenizer.batch_decode(generate_ids(model, tokenizer, conversations, max_new_tokens),
+                                  skip_special_tokens=True)
