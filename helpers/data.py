@@ -9,7 +9,6 @@ import argparse
 import json
 import sys
 import warnings
-from collections import Counter
 from pathlib import Path
 
 from helpers.paths import DATA_DIR
@@ -31,61 +30,120 @@ class DataError(ValueError):
     """A data file or row the course cannot use; the message names file, row and field."""
 
 
+def json_type(value: object) -> str:
+    """The JSON name of a parsed value's type (what students see in their file, not Python's name)."""
+    names = {bool: "true/false", int: "number", float: "number", str: "string", list: "list", dict: "object"}
+    return "null" if value is None else names.get(type(value), type(value).__name__)
+
+
+def _decode(path: Path) -> str:
+    """The file's text without a UTF-8 BOM; another encoding (GBK, UTF-16) is a DataError naming the line."""
+    try:
+        return path.read_text(encoding="utf-8-sig")
+    except UnicodeDecodeError as error:
+        line = path.read_bytes()[: error.start].count(b"\n") + 1
+        raise DataError(
+            f"{path}: 第 {line} 行不是 UTF-8 编码（常见于记事本或 Excel 存的 GBK 文件），请用 UTF-8 另存。\n"
+            f"{path}: line {line} is not UTF-8 (often a GBK file saved by Notepad or Excel): save it as UTF-8."
+        ) from None
+
+
+def _parse_lines(path: Path, text: str) -> list:
+    """JSON lines: one JSON value per non-blank line."""
+    records = []
+    for number, line in enumerate(text.splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            records.append(json.loads(line))
+        except json.JSONDecodeError as error:
+            raise DataError(
+                f"{path}: JSON lines 第 {number} 行第 {error.colno} 列出错（{error.msg}），"
+                "每行应是一个完整的 JSON 对象。\n"
+                f"{path}: line {number}, column {error.colno} is not valid JSON ({error.msg}); "
+                "each line must be one JSON object."
+            ) from None
+    return records
+
+
+def _parse(path: Path, text: str) -> list:
+    """A JSON array, or JSON lines (tried when the whole text is not one JSON value)."""
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as error:
+        if not text.lstrip().startswith("["):
+            return _parse_lines(path, text)
+        raise DataError(
+            f"{path}: 第 {error.lineno} 行第 {error.colno} 列不是合法的 JSON（{error.msg}），"
+            "请检查逗号、引号和括号。\n"
+            f"{path}: invalid JSON at line {error.lineno}, column {error.colno} ({error.msg}): "
+            "check commas, quotes and brackets."
+        ) from None
+    if isinstance(value, list):
+        return value
+    if isinstance(value, dict) and "\n" not in text.strip():
+        return [value]  # JSON lines with a single row
+    raise DataError(
+        f"{path}: 整个文件是一个 {json_type(value)}，应是数组 [{{...}}, {{...}}] 或每行一个 JSON 对象。\n"
+        f"{path}: the whole file is one {json_type(value)}; write an array [{{...}}, {{...}}] "
+        "or one JSON object per line."
+    )
+
+
 def read_records(path: str | Path) -> list[dict]:
     """Read a JSON array or JSON lines file (a UTF-8 BOM is accepted) into a list of dicts."""
     path = Path(path)
     if not path.is_file():
-        raise DataError(f"找不到数据文件 {path} / data file not found: {path}")
-    text = path.read_text(encoding="utf-8-sig")
+        raise DataError(f"找不到数据文件 {path}，请检查路径。\ndata file not found: {path}; check the path.")
+    text = _decode(path)
     if not text.strip():
-        raise DataError(f"{path}: 文件是空的，请放入数据 / the file is empty: add rows to it")
-    if text.lstrip().startswith("["):
-        try:
-            records = json.loads(text)
-        except json.JSONDecodeError as error:
+        raise DataError(f"{path}: 文件是空的，请放入数据。\n{path}: the file is empty: add rows to it.")
+    records = _parse(path, text)
+    if not records:
+        raise DataError(f"{path}: 没有任何数据行，请放入数据。\n{path}: the file has no rows: add rows to it.")
+    for index, record in enumerate(records, start=1):
+        if not isinstance(record, dict):
             raise DataError(
-                f"{path}: 第 {error.lineno} 行第 {error.colno} 列不是合法的 JSON（{error.msg}），"
-                "请检查逗号、引号和括号。\n"
-                f"{path}: invalid JSON at line {error.lineno}, column {error.colno} ({error.msg}): "
-                "check commas, quotes and brackets."
-            ) from None
-    else:
-        records = []
-        for number, line in enumerate(text.splitlines(), start=1):
-            if not line.strip():
-                continue
-            try:
-                records.append(json.loads(line))
-            except json.JSONDecodeError as error:
-                raise DataError(
-                    f"{path}: JSON lines 第 {number} 行第 {error.colno} 列出错（{error.msg}），"
-                    "每行应是一个完整的 JSON 对象。\n"
-                    f"{path}: line {number}, column {error.colno} is not valid JSON ({error.msg}); "
-                    "each line must be one JSON object."
-                ) from None
-    if not isinstance(records, list) or not all(isinstance(r, dict) for r in records):
-        raise DataError(f"{path}: 应是由对象组成的数组 / expected a list of JSON objects")
+                f"{path} 第 {index} 条：应是 JSON 对象 {{...}}，实际是 {json_type(record)}\n"
+                f"{path} row {index}: must be a JSON object {{...}}, got {json_type(record)}"
+            )
     return records
 
 
 def _row_error(path: str, index: int, field: str, problem_zh: str, problem_en: str) -> DataError:
     return DataError(
-        f"{path} 第 {index} 行，字段 {field!r}：{problem_zh}\n{path} row {index}, field {field!r}: {problem_en}"
+        f"{path} 第 {index} 条，字段 {field!r}：{problem_zh}\n{path} row {index}, field {field!r}: {problem_en}"
     )
 
 
 def _text_field(row: dict, field: str, where: tuple[str, int], required: bool = True) -> str:
     if field not in row:
         if required:
-            raise _row_error(*where, field, "缺少该字段，请补上", "missing; add it")
+            found = ", ".join(map(str, row)) or "-"
+            raise _row_error(*where, field, f"缺少该字段，请补上（这一条的字段：{found}）",
+                             f"missing; add it (fields in this row: {found})")
         return ""
     value = row[field]
     if not isinstance(value, str):
-        raise _row_error(*where, field, f"应为字符串，实际是 {type(value).__name__}",
-                         f"must be a string, got {type(value).__name__}")
+        raise _row_error(*where, field, f"应为字符串（用双引号括起来），实际是 {json_type(value)}",
+                         f"must be a string (in double quotes), got {json_type(value)}")
     if required and not value.strip():
-        raise _row_error(*where, field, "不能为空", "must not be empty")
+        raise _row_error(*where, field, "不能为空：请填写内容或删除这一条",
+                         "must not be empty: fill it in or delete the row")
     return value
+
+
+def _history(row: dict, where: tuple[str, int]) -> list[list[str]]:
+    """The earlier turns of an Alpaca row: a list of [question, answer] string pairs."""
+    history = row.get("history", [])
+    if not isinstance(history, list):
+        raise _row_error(*where, "history", f"应为列表，实际是 {json_type(history)}；格式 [[\"问\", \"答\"], ...]",
+                         f'must be a list, got {json_type(history)}; format [["question", "answer"], ...]')
+    for number, pair in enumerate(history, start=1):
+        if not (isinstance(pair, list) and len(pair) == 2 and all(isinstance(t, str) for t in pair)):
+            raise _row_error(*where, "history", f"第 {number} 对应为两个字符串 [\"问\", \"答\"]",
+                             f'pair {number} must be two strings ["question", "answer"]')
+    return history
 
 
 def alpaca_to_messages(row: dict, system: str | None = None, where: tuple[str, int] = ("<row>", 0)) -> list[Message]:
@@ -95,13 +153,7 @@ def alpaca_to_messages(row: dict, system: str | None = None, where: tuple[str, i
     output = _text_field(row, "output", where)
     system = _text_field(row, "system", where, required=False) or system
     messages: list[Message] = [{"role": "system", "content": system}] if system else []
-    history = row.get("history", [])
-    if not isinstance(history, list) or not all(
-        isinstance(pair, list) and len(pair) == 2 and all(isinstance(t, str) for t in pair) for pair in history
-    ):
-        raise _row_error(*where, "history", "应为 [[问, 答], ...] 形式的列表",
-                         "must be a list of [question, answer] pairs")
-    for question, answer in history:
+    for question, answer in _history(row, where):
         messages += [{"role": "user", "content": question}, {"role": "assistant", "content": answer}]
     user = "\n".join(part for part in (instruction, extra) if part)
     return [*messages, {"role": "user", "content": user}, {"role": "assistant", "content": output}]
@@ -116,14 +168,19 @@ def sharegpt_to_messages(row: dict, where: tuple[str, int] = ("<row>", 0)) -> li
         "messages", "role", "content")
     turns = row.get(field)
     if not isinstance(turns, list) or not turns:
-        raise _row_error(*where, field, "应为非空的对话列表", "must be a non-empty list of turns")
+        raise _row_error(*where, field, "应为非空的对话列表：至少放入一问一答",
+                         "must be a non-empty list of turns: put in at least a question and its reply")
     messages = []
-    for turn in turns:
+    for number, turn in enumerate(turns, start=1):
         role = SHAREGPT_ROLES.get(turn.get(role_key)) if isinstance(turn, dict) else None
         if role is None or not isinstance(turn.get(text_key), str):
-            raise _row_error(*where, field, f"每一轮需要 {role_key} 与字符串 {text_key}",
-                             f"each turn needs a known {role_key!r} and a string {text_key!r}")
+            known = ", ".join(SHAREGPT_ROLES)
+            raise _row_error(*where, field, f"第 {number} 轮需要 {role_key}（{known} 之一）与字符串 {text_key}",
+                             f"turn {number} needs a {role_key!r} (one of {known}) and a string {text_key!r}")
         messages.append({"role": role, "content": turn[text_key]})
+    if not any(m["role"] == "assistant" for m in messages):
+        raise _row_error(*where, field, "没有助手（gpt/assistant）回复，模型无从学习：请补上回复",
+                         "has no gpt/assistant reply, so there is nothing to learn: add the reply")
     return messages
 
 
@@ -138,11 +195,27 @@ def load_conversations(path: str | Path, system: str | None = None) -> list[list
     """Read and validate a file; every row becomes a conversation, or a DataError names the bad row."""
     records = read_records(path)
     conversations = [to_messages(row, system, (str(path), i)) for i, row in enumerate(records, start=1)]
-    counts = Counter(json.dumps(c, ensure_ascii=False) for c in conversations)
-    duplicates = sum(n - 1 for n in counts.values())
-    if duplicates:
-        warnings.warn(f"{path}: {duplicates} 行重复 / {duplicates} duplicate rows", stacklevel=2)
+    warn_duplicates(path, conversations)
     return conversations
+
+
+def warn_duplicates(path: str | Path, rows: list) -> None:
+    """Warn (naming the first repeat) when rows repeat: a duplicated sample counts twice in training."""
+    first_seen: dict[str, int] = {}
+    repeats = []
+    for index, row in enumerate(rows, start=1):
+        key = json.dumps(row, ensure_ascii=False, sort_keys=True)
+        if key in first_seen:
+            repeats.append((index, first_seen[key]))
+        first_seen.setdefault(key, index)
+    if repeats:
+        (row, first), count = repeats[0], len(repeats)
+        warnings.warn(
+            f"{path}: {count} 条重复（例如第 {row} 条与第 {first} 条相同），重复的样本在训练中权重更大，建议删除。\n"
+            f"{path}: {count} duplicate rows (e.g. row {row} repeats row {first}); "
+            "duplicates weigh more in training: remove them.",
+            stacklevel=3,
+        )
 
 
 def truncate(input_ids: list[int], labels: list[int], cutoff: int) -> tuple[list[int], list[int]]:
@@ -178,7 +251,8 @@ def encode_conversations(tokenizer, conversations: list[list[Message]], cutoff: 
         ids, labels = truncate(sample["input_ids"], sample["labels"], cutoff)
         encoded.append({"input_ids": ids, "attention_mask": [1] * len(ids), "labels": labels})
     if truncated:
-        warnings.warn(f"{truncated} 条样本超过 {cutoff} 个 token，已截断 / {truncated} samples truncated to {cutoff}",
+        warnings.warn(f"{truncated} 条样本超过 {cutoff} 个 token，已截断；若被截掉的内容重要，请调大 cutoff。\n"
+                      f"{truncated} samples truncated to {cutoff} tokens; raise the cutoff if the cut part matters.",
                       stacklevel=2)
     return encoded
 
@@ -213,15 +287,18 @@ def course_conversations(lesson: str, split: str, limit: int | None = None,
 def validate(path: str | Path) -> str:
     """Validate a data file; return a one-line summary or raise DataError."""
     records = read_records(path)
+    # A test file has prompts only; in any other file a row without its reply is a mistake.
+    prompts_only = not any(key in row for row in records for key in ("output", "conversations", "messages", "chosen"))
     for i, row in enumerate(records, start=1):
         if "chosen" in row:  # a preference pair for DPO (lesson 09)
             for field in ("prompt", "chosen", "rejected"):
                 _text_field(row, field, (str(path), i))
             continue
-        if "output" not in row and "conversations" not in row and "messages" not in row:
-            _text_field(row, "instruction", (str(path), i))  # a test file without outputs: prompts only
+        if prompts_only:
+            _text_field(row, "instruction", (str(path), i))
             continue
         to_messages(row, None, (str(path), i))
+    warn_duplicates(path, records)
     return f"{path}: {len(records)} 行全部有效 / all {len(records)} rows valid"
 
 

@@ -8,7 +8,11 @@ The tiny profile never touches the network: it returns the converted SmolLM2 fol
 
 from __future__ import annotations
 
+import json
+import os
 import shutil
+import urllib.error
+import urllib.request
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,6 +23,7 @@ from helpers.profiles import TINY_MODEL_ID, Profile, get_profile
 from helpers.tiny_model import ensure_tiny_model
 
 MIN_FREE_BYTES = 2 * 2**30  # refuse to start a download with less than 2 GiB free
+SIZE_TIMEOUT_S = 5.0  # a hub that accepts the connection but does not answer its file list fails in seconds
 
 
 class DownloadError(RuntimeError):
@@ -27,11 +32,48 @@ class DownloadError(RuntimeError):
 
 @dataclass(frozen=True)
 class Source:
-    """A place to download from: its name, the URL probed first, and the fetch function."""
+    """A place to download from: its name, the URL probed first, the fetch function, and a size query."""
 
     name: str
     url: Callable[[], str]
     fetch: Callable[[str, Path], None]
+    size: Callable[[str], int | None] | None = None  # bytes of an item; None: cannot tell; raises: no answer
+
+
+def modelscope_endpoint() -> str:
+    """The ModelScope endpoint: ``$MODELSCOPE_ENDPOINT`` (the modelscope library reads it too) or the main site."""
+    return os.environ.get("MODELSCOPE_ENDPOINT", "").rstrip("/") or MODELSCOPE_URL
+
+
+def total_size(sizes) -> int | None:
+    """The sum of the reported file sizes, or None when the hub reported none."""
+    known = [size for size in sizes if isinstance(size, int)]
+    return sum(known) if known else None
+
+
+def modelscope_size(model_id: str) -> int | None:
+    """The model's total size from ModelScope's file list (the API its own client uses)."""
+    url = f"{modelscope_endpoint()}/api/v1/models/{model_id}/repo/files?Revision=master&Recursive=True"
+    try:
+        with urllib.request.urlopen(url, timeout=SIZE_TIMEOUT_S) as response:
+            reply = json.load(response)
+    except (urllib.error.HTTPError, ValueError):  # unknown model, or not JSON: the fetch tells why
+        return None
+    data = reply.get("Data") if isinstance(reply, dict) else None
+    files = data.get("Files") if isinstance(data, dict) else None
+    return total_size(f.get("Size") for f in files or () if isinstance(f, dict) and f.get("Type") != "tree")
+
+
+def huggingface_size(model_id: str) -> int | None:
+    """The model's total size as the Hugging Face hub (or the ``HF_ENDPOINT`` mirror) reports it."""
+    from huggingface_hub import HfApi
+    from huggingface_hub.errors import HfHubHTTPError
+
+    try:
+        info = HfApi(endpoint=hf_endpoint()).model_info(model_id, files_metadata=True, timeout=SIZE_TIMEOUT_S)
+    except HfHubHTTPError:  # unknown or gated model, or a mirror without this API: the fetch tells why
+        return None
+    return total_size(sibling.size for sibling in info.siblings or ())
 
 
 def fetch_modelscope(model_id: str, target: Path) -> None:
@@ -47,8 +89,8 @@ def fetch_huggingface(model_id: str, target: Path) -> None:
 
 
 SOURCES: tuple[Source, ...] = (
-    Source("ModelScope", lambda: MODELSCOPE_URL, fetch_modelscope),
-    Source("Hugging Face", hf_endpoint, fetch_huggingface),
+    Source("ModelScope", modelscope_endpoint, fetch_modelscope, modelscope_size),
+    Source("Hugging Face", hf_endpoint, fetch_huggingface, huggingface_size),
 )
 
 
@@ -66,6 +108,18 @@ def check_free_space(folder: Path, needed: int = MIN_FREE_BYTES) -> None:
             f"Not enough disk space: {free / 2**30:.1f} GB free in {display_path(folder)}, "
             f"{needed / 2**30:.1f} GB needed. Free some space or point COURSE_CACHE to a data disk."
         )
+
+
+def bytes_present(folder: Path) -> int:
+    """Bytes an interrupted download already left in ``folder`` (they are resumed, not fetched again)."""
+    return sum(f.stat().st_size for f in folder.rglob("*") if f.is_file()) if folder.is_dir() else 0
+
+
+def check_space_for(source: Source, item: str, target: Path) -> None:
+    """When ``source`` reports the item's size, fail unless the disk holds what is still missing (plus 10 %)."""
+    size = source.size(item) if source.size else None
+    if size is not None:
+        check_free_space(target.parent, int(size * 1.1) - bytes_present(target))
 
 
 def tried_lines(attempts: list[tuple[str, str]]) -> str:
@@ -107,7 +161,7 @@ def download_model(
     target = models_dir() / local_folder_name(model_id)
     if is_complete(target):
         return target
-    check_free_space(target.parent)
+    check_free_space(target.parent)  # the floor; each hub's reported size is checked before its fetch
     return fetch_first(model_id, target, sources, failure_message)
 
 
@@ -129,8 +183,11 @@ def fetch_first(
             attempts.append((source.name, unreachable))
             continue
         try:
+            check_space_for(source, item, target)  # the size query also bounds a hub that connects but hangs
             source.fetch(item, target)  # resumes whatever an interrupted run left in target
             verify(target)
+        except DownloadError:  # not enough disk space: no other source can help
+            raise
         except Exception as error:  # each hub raises its own exception types
             attempts.append((source.name, f"{error.__class__.__name__}: {str(error)[:300]}"))
             continue

@@ -13,7 +13,7 @@ from peft import PeftModel
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from helpers.download import download_model
-from helpers.hardware import compute_dtype
+from helpers.hardware import compute_dtype, device
 from helpers.lessons import train_lesson
 from helpers.paths import COMPLETE_MARKER, display_path, is_complete, mark_complete, outputs_dir
 from helpers.profiles import Profile, get_profile
@@ -63,3 +63,11 @@ def compare_logits(a: torch.Tensor, b: torch.Tensor, attention_mask: torch.Tenso
         "mean_abs": diff.mean().item(),
         "top1_agree": (a.argmax(-1)[keep] == b.argmax(-1)[keep]).float().mean().item(),
     }
+
+
+def load_merged(lesson: str, profile: Profile | None = None) -> tuple[AutoModelForCausalLM, object]:
+    """A lesson's merged model (merged first if missing) on the profile's device, and its tokenizer."""
+    profile = profile or get_profile()
+    folder = merge_lesson(lesson, profile)
+    model = AutoModelForCausalLM.from_pretrained(folder, dtype=compute_dtype(profile), device_map={"": device()})
+    return model, AutoTokenizer.from_pretrained(folder)

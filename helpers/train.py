@@ -41,6 +41,7 @@ def quantization_config(dtype: torch.dtype) -> BitsAndBytesConfig:
         bnb_4bit_quant_type="nf4",
         bnb_4bit_use_double_quant=True,
         bnb_4bit_compute_dtype=dtype,
+        bnb_4bit_quant_storage=dtype,  # same container dtype as the rest: needed for DeepSpeed ZeRO-3 sharding
     )
 
 
@@ -59,7 +60,10 @@ def sft_config(recipe: Recipe, output_dir: Path, dtype: torch.dtype, seed: int) 
     """Trainer settings: checkpoints every ``save_steps`` (keep 2) so an interrupted run resumes."""
     return SFTConfig(
         output_dir=str(output_dir),
-        max_length=recipe.cutoff,
+        # Padding-free: a batch's rows are concatenated into one row whose position_ids restart at 0 for each, so
+        # no compute goes to padding and rows never attend to each other (benchmarks/pipeline.py, test_packing.py).
+        padding_free=True,
+        max_length=None,  # TRL refuses it without packing; encode_conversations already cut rows to recipe.cutoff
         per_device_train_batch_size=recipe.batch_size,
         gradient_accumulation_steps=recipe.grad_accum,
         learning_rate=recipe.learning_rate,
@@ -74,7 +78,6 @@ def sft_config(recipe: Recipe, output_dir: Path, dtype: torch.dtype, seed: int) 
         fp16=dtype is torch.float16,
         use_cpu=not torch.cuda.is_available(),
         optim="paged_adamw_8bit" if torch.cuda.is_available() else "adamw_torch",
-        train_sampling_strategy="group_by_length",  # similar lengths per batch: less compute spent on padding
         report_to="none",
         seed=seed,
         data_seed=seed,
@@ -103,18 +106,19 @@ def to_dataset(encoded: list[dict[str, list[int]]]) -> Dataset:
 
 
 class LossPlot(TrainerCallback):
-    """Collects the training loss and redraws a plot in the notebook as training goes."""
+    """Collects logged values (the training loss by default) and redraws a plot in the notebook as training goes."""
 
-    def __init__(self, title: str, live: bool = True) -> None:
-        self.title, self.live = title, live
+    def __init__(self, title: str, live: bool = True, keys: tuple[str, ...] = ("loss",)) -> None:
+        self.title, self.live, self.keys = title, live, keys
         self.steps: list[int] = []
-        self.losses: list[float] = []
+        self.values: dict[str, list[float]] = {key: [] for key in keys}
         self._handle = None
 
     def on_log(self, args, state, control, logs=None, **kwargs):
-        if logs and "loss" in logs:
+        if logs and all(key in logs for key in self.keys):
             self.steps.append(state.global_step)
-            self.losses.append(float(logs["loss"]))
+            for key in self.keys:
+                self.values[key].append(float(logs[key]))
             if self.live:
                 self._redraw()
 
@@ -122,8 +126,11 @@ class LossPlot(TrainerCallback):
         import matplotlib.pyplot as plt
 
         fig, ax = plt.subplots(figsize=(6, 3))
-        ax.plot(self.steps, self.losses, marker="o")
-        ax.set(title=self.title, xlabel="step", ylabel="training loss")
+        for key in self.keys:
+            ax.plot(self.steps, self.values[key], marker="o", label=key)
+        ax.set(title=self.title, xlabel="step", ylabel="training loss" if self.keys == ("loss",) else "value")
+        if len(self.keys) > 1:
+            ax.legend()
         ax.grid(alpha=0.3)
         fig.tight_layout()
         plt.close(fig)
@@ -183,6 +190,11 @@ def make_trainer(model, tokenizer, train_rows: list[dict], lora: LoraConfig, arg
         peft_config=lora,
         callbacks=list(callbacks),
     )
+    return with_tqdm(trainer)
+
+
+def with_tqdm(trainer):
+    """Swap the notebook's HTML progress table (which nbval cannot compare) for a tqdm bar."""
     trainer.remove_callback(NotebookProgressCallback)
     if not any(isinstance(cb, ProgressCallback) for cb in trainer.callback_handler.callbacks):
         trainer.add_callback(ProgressCallback)
@@ -232,23 +244,26 @@ def logged_losses(trainer: SFTTrainer) -> list[float]:
 
 
 @torch.no_grad()
-def heldout_loss(model, rows: list[dict[str, list[int]]], batch_size: int = 8) -> float:
-    """Mean cross-entropy per learned token over ``rows`` (token-weighted, not row-weighted)."""
+def completion_logprobs(model, rows: list[dict[str, list[int]]], batch_size: int = 8) -> list[float]:
+    """Each row's summed log-probability of its learned tokens (labels != -100), padded as in training."""
     model.eval()
-    total, count = 0.0, 0
+    sums = []
     for start in range(0, len(rows), batch_size):
         padded = _PAD_LIKE_TRAINING(rows[start : start + batch_size])
         logits = model(input_ids=padded["input_ids"].to(model.device),
                        attention_mask=padded["attention_mask"].to(model.device)).logits.float()
-        labels = padded["labels"]
-        shift_logits, shift_labels = logits[:, :-1], labels[:, 1:].to(logits.device)
-        loss = torch.nn.functional.cross_entropy(
-            shift_logits.reshape(-1, shift_logits.size(-1)), shift_labels.reshape(-1),
-            ignore_index=IGNORE_INDEX, reduction="sum",
-        )
-        total += loss.item()
-        count += int((shift_labels != IGNORE_INDEX).sum())
-    return total / count
+        labels = padded["labels"][:, 1:].to(logits.device)  # token t is predicted from the tokens before it
+        learned = labels != IGNORE_INDEX
+        logprobs = torch.log_softmax(logits[:, :-1], dim=-1)
+        picked = logprobs.gather(-1, labels.clamp(min=0).unsqueeze(-1)).squeeze(-1)
+        sums.extend((picked * learned).sum(dim=1).tolist())
+    return sums
+
+
+def heldout_loss(model, rows: list[dict[str, list[int]]], batch_size: int = 8) -> float:
+    """Mean cross-entropy per learned token over ``rows`` (token-weighted, not row-weighted)."""
+    learned = sum(label != IGNORE_INDEX for row in rows for label in row["labels"][1:])
+    return -sum(completion_logprobs(model, rows, batch_size)) / learned
 
 
 @torch.no_grad()

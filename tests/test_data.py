@@ -10,6 +10,7 @@ from helpers.data import (
     course_conversations,
     encode_conversations,
     load_conversations,
+    main,
     read_records,
     sharegpt_to_messages,
     truncate,
@@ -76,41 +77,104 @@ def test_truncation_splits_the_budget_when_the_response_is_long():
 
 
 def test_truncation_is_counted_in_a_warning(tiny_tokenizer):
+    # Prevents: rows silently cut to the cutoff (replies lost) with no count and no hint to raise the cutoff.
     conversations = course_conversations("nekoqa", "eval", 4)
-    with pytest.warns(UserWarning, match="4 samples truncated to 20"):
+    with pytest.warns(UserWarning, match="4 samples truncated to 20 tokens; raise the cutoff"):
         rows = encode_conversations(tiny_tokenizer, conversations, 20)
     assert all(len(r["input_ids"]) == 20 and any(t != IGNORE_INDEX for t in r["labels"]) for r in rows)
 
 
-def test_json_lines_and_bom_are_read(tmp_path):
-    text = '\ufeff{"instruction": "a", "output": "b"}\n\n{"instruction": "c", "output": "d"}\n'
-    lines = write(tmp_path, "a.jsonl", text)
-    assert len(read_records(lines)) == 2
-
-
 @pytest.mark.parametrize(
-    ("text", "expected"),
+    ("name", "text"),
     [
-        ('[{"instruction": "a", "output": "b"},]', "line 1, column"),
-        ("", "empty"),
-        ('[{"instruction": "a"}]', "row 1, field 'output': missing"),
-        ('[{"instruction": 3, "output": "b"}]', "must be a string"),
-        ('[{"instruction": " ", "output": "b"}]', "must not be empty"),
-        ('[{"instruction": "a", "output": "b", "history": ["x"]}]', "history"),
+        ("lines.jsonl", '\ufeff{"instruction": "a", "output": "b"}\n\n{"instruction": "c", "output": "d"}\n'),
+        ("array.json", '\ufeff[\n {"instruction": "a", "output": "b"},\n {"instruction": "c", "output": "d"}\n]'),
+        ("plain.json", '[{"instruction": "a", "output": "b"}, {"instruction": "c", "output": "d"}]'),
     ],
 )
-def test_bad_rows_name_file_row_and_field(tmp_path, text, expected):
+def test_json_lines_array_and_bom_are_read(tmp_path, name, text):
+    # Prevents: "Expecting value: line 1 column 1" on a file saved with a BOM by Windows Notepad, or on JSON lines.
+    assert len(read_records(write(tmp_path, name, text))) == 2
+
+
+def test_one_line_json_lines_file_is_one_row(tmp_path):
+    assert read_records(write(tmp_path, "one.jsonl", '{"instruction": "a", "output": "b"}\n')) == [
+        {"instruction": "a", "output": "b"}]
+
+
+ROW = '{"instruction": "a", "output": "b"}'
+# Every bad file a student may bring, and the part of the English line of the message that says what is wrong.
+BAD_FILES = [
+    ("array-syntax", '[{"instruction": "a", "output": "b"},]', "invalid JSON at line 1, column 38"),
+    ("array-syntax-line-3", '[\n' + ROW + ',\n{"instruction": "a" "output": "b"}\n]', "invalid JSON at line 3, column"),
+    ("lines-syntax", ROW + '\n{"instruction": "a", "output": b}\n', "line 2, column 32 is not valid JSON"),
+    ("empty", "", "the file is empty"),
+    ("blank", "\n  \n", "the file is empty"),
+    ("no-rows", "[]", "the file has no rows"),
+    ("one-object", '{\n "data": [' + ROW + ']\n}', "the whole file is one object"),
+    ("string", '"hello"', "the whole file is one string"),
+    ("row-not-object", '["床前明月光"]', "row 1: must be a JSON object {...}, got string"),
+    ("missing-instruction", '[{"input": "a", "output": "b"}]', "row 1, field 'instruction': missing; add it"),
+    ("missing-output", '[' + ROW + ', {"instruction": "c"}]', "row 2, field 'output': missing; add it"),
+    ("number", '[{"instruction": 3, "output": "b"}]', "'instruction': must be a string (in double quotes), got number"),
+    ("null-input", '[{"instruction": "a", "input": null, "output": "b"}]', "field 'input': must be a string"),
+    ("list-output", '[{"instruction": "a", "output": ["b"]}]', "'output': must be a string (in double quotes), got"),
+    ("blank-instruction", '[{"instruction": " ", "output": "b"}]', "field 'instruction': must not be empty"),
+    ("empty-output", '[{"instruction": "a", "output": ""}]', "field 'output': must not be empty"),
+    ("history-string", '[{"instruction": "a", "output": "b", "history": "x"}]', "'history': must be a list, got"),
+    ("history-pair", '[{"instruction": "a", "output": "b", "history": [["q", "a"], ["x"]]}]',
+     "field 'history': pair 2 must be two strings"),
+    ("sharegpt-empty", '[{"conversations": []}]', "field 'conversations': must be a non-empty list"),
+    ("sharegpt-role", '[{"conversations": [{"from": "bot", "value": "hi"}]}]', "turn 1 needs a 'from' (one of"),
+    ("sharegpt-no-reply", '[{"conversations": [{"from": "human", "value": "hi"}]}]', "has no gpt/assistant reply"),
+]
+
+
+@pytest.mark.parametrize(("case", "text", "expected"), BAD_FILES, ids=[c[0] for c in BAD_FILES])
+def test_bad_files_name_file_row_and_field(tmp_path, case, text, expected):
+    # Prevents: a KeyError / JSONDecodeError traceback deep in training instead of "file, row, field: fix this".
     path = write(tmp_path, "bad.json", text)
-    with pytest.raises(DataError, match=expected) as failure:
+    with pytest.raises(DataError) as failure:
         load_conversations(path)
-    assert "bad.json" in str(failure.value)
+    message = str(failure.value)
+    zh, en = message.split("\n")
+    assert expected in en and str(path) in zh and str(path) in en
+    assert any("\u4e00" <= ch <= "\u9fff" for ch in zh)  # the first line is Chinese
+
+
+@pytest.mark.parametrize(("case", "text", "expected"), BAD_FILES, ids=[c[0] for c in BAD_FILES])
+def test_validate_command_fails_on_each_bad_file(tmp_path, capsys, case, text, expected):
+    # Prevents: `python -m helpers.data validate` saying OK (exit 0) on a file that breaks training.
+    path = write(tmp_path, "bad.json", text)
+    assert main(["validate", str(path)]) == 1
+    assert expected in capsys.readouterr().err
+
+
+def test_missing_file_and_non_utf8_file_are_clear(tmp_path):
+    # Prevents: UnicodeDecodeError on a GBK file saved by Excel / Notepad, FileNotFoundError on a typo.
+    gbk = tmp_path / "gbk.json"
+    gbk.write_bytes(f'[{ROW},\n{{"instruction": "床前明月光", "output": "b"}}]'.encode("gbk"))
+    with pytest.raises(DataError, match="line 2 is not UTF-8.*save it as UTF-8"):
+        read_records(gbk)
+    with pytest.raises(DataError, match="data file not found.*check the path"):
+        read_records(tmp_path / "typo.json")
+    assert main(["validate", str(gbk), str(tmp_path / "typo.json")]) == 1
+
+
+def test_prompt_only_test_file_is_valid(tmp_path):
+    # The HW5 test file has no outputs: validate accepts prompts-only files (a mixed file needs every output).
+    path = write(tmp_path, "test.json", '[{"instruction": "a", "input": "b"}]')
+    assert main(["validate", str(path)]) == 0
 
 
 def test_duplicate_rows_warn(tmp_path):
+    # Prevents: silently training twice on repeated rows (they weigh double).
     row = {"instruction": "a", "output": "b"}
-    path = write(tmp_path, "dup.json", json.dumps([row, row]))
-    with pytest.warns(UserWarning, match="1 duplicate"):
+    path = write(tmp_path, "dup.json", json.dumps([row, {"instruction": "c", "output": "d"}, row, row]))
+    with pytest.warns(UserWarning, match=r"2 duplicate rows \(e.g. row 3 repeats row 1\).*remove them"):
         load_conversations(path)
+    with pytest.warns(UserWarning, match="2 duplicate rows"):
+        assert main(["validate", str(path)]) == 0
 
 
 def test_validate_command_passes_on_shipped_files_and_fails_on_a_broken_one(tmp_path):

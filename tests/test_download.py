@@ -1,5 +1,10 @@
+import dataclasses
+import json
+import socket
+import threading
 import time
 from collections import namedtuple
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
@@ -127,3 +132,95 @@ def test_tiny_profile_is_offline(monkeypatch):
     assert download_model(profile=tiny) == ensure_tiny_model()
     with pytest.raises(DownloadError, match="COURSE_PROFILE=gpu"):
         download_model(MODEL, profile=tiny)
+
+
+@pytest.fixture
+def hanging_hub():
+    """A host that accepts connections and never answers (a firewall or a throttled hub, as often seen in China)."""
+    server = socket.socket()
+    server.bind(("127.0.0.1", 0))
+    server.listen(16)
+    yield f"http://127.0.0.1:{server.getsockname()[1]}"
+    server.close()
+
+
+class FakeHub(BaseHTTPRequestHandler):
+    """Answers the two size queries like the real hubs do; an unknown model gets 404."""
+
+    def do_GET(self):  # noqa: N802 (http.server's name)
+        if self.path.startswith("/api/v1/models/org/known/repo/files"):  # ModelScope
+            body = {"Code": 200, "Data": {"Files": [{"Type": "blob", "Size": 300}, {"Type": "tree", "Size": 0},
+                                                     {"Type": "blob", "Size": 700}]}}
+        elif self.path.startswith("/api/models/org/known"):  # Hugging Face (files_metadata: blobs=True)
+            body = {"id": "org/known", "siblings": [{"rfilename": "a", "size": 400}, {"rfilename": "b", "size": 600}]}
+        else:
+            self.send_error(404)
+            return
+        data = json.dumps(body).encode()
+        self.send_response(200)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data)
+
+    def log_message(self, *args):
+        pass
+
+
+@pytest.fixture
+def fake_hub(monkeypatch):
+    server = ThreadingHTTPServer(("127.0.0.1", 0), FakeHub)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    url = f"http://127.0.0.1:{server.server_address[1]}"
+    monkeypatch.setenv("HF_ENDPOINT", url)
+    monkeypatch.setenv("MODELSCOPE_ENDPOINT", url)
+    yield url
+    server.shutdown()
+
+
+@pytest.mark.parametrize("source", download.SOURCES, ids=lambda s: s.name)
+@pytest.mark.parametrize("hub", ["refused", "unresolvable", "hanging"])
+def test_each_source_fails_within_ten_seconds(monkeypatch, hanging_hub, source, hub):
+    # Prevents: a notebook cell hanging for minutes (or forever: huggingface_hub waits on a silent host) offline.
+    url = {"refused": DEAD_PORT, "unresolvable": "http://hub.invalid", "hanging": hanging_hub}[hub]
+    monkeypatch.setenv("HF_ENDPOINT", url)
+    monkeypatch.setenv("MODELSCOPE_ENDPOINT", url)
+    start = time.perf_counter()
+    with pytest.raises(DownloadError, match=f"{source.name}: .+") as failure:
+        download_model(MODEL, profile=GPU, sources=(source,))
+    assert time.perf_counter() - start <= 10, str(failure.value)
+
+
+def test_size_queries_read_what_the_hubs_report(fake_hub):
+    # Prevents: a wrong free-space verdict from a misread file list (directories counted, sizes missed).
+    assert download.modelscope_size("org/known") == 1000
+    assert download.huggingface_size("org/known") == 1000
+    assert download.modelscope_size("org/missing") is None  # the hub cannot tell: the 2 GiB floor applies
+    assert download.huggingface_size("org/missing") is None
+
+
+def fake_disk(monkeypatch, free_gib: float) -> None:
+    usage = namedtuple("usage", "total used free")
+    monkeypatch.setattr(download.shutil, "disk_usage", lambda path: usage(2**40, 0, int(free_gib * 2**30)))
+
+
+def test_hub_reported_size_is_checked_before_the_fetch(monkeypatch, reachable):
+    # Prevents: a 15 GB download dying at 90 % on a 10 GB disk (the system disk of an AutoDL instance).
+    fake_disk(monkeypatch, free_gib=10)
+    calls = []
+    big = dataclasses.replace(fake_source("a", calls), size=lambda model_id: 15 * 2**30)
+    with pytest.raises(DownloadError, match=r"10.0 GB free .* 16.5 GB needed.*COURSE_CACHE"):
+        download_model(MODEL, profile=GPU, sources=(big, fake_source("b", calls)))
+    assert calls == []  # neither source fetched, and the disk error was not hidden behind "every source failed"
+
+
+def test_size_falls_back_to_the_floor_and_counts_a_partial_download(monkeypatch, reachable):
+    fake_disk(monkeypatch, free_gib=3)
+    calls = []
+    unknown = dataclasses.replace(fake_source("a", calls), size=lambda model_id: None)
+    download_model(MODEL, profile=GPU, sources=(unknown,))  # hub cannot tell: 3 GiB free passes the 2 GiB floor
+    assert [c[0] for c in calls] == ["a"]
+    monkeypatch.setattr(download, "bytes_present", lambda folder: 2 * 2**30)  # 2 GiB already downloaded
+    resumed = dataclasses.replace(fake_source("b", calls), size=lambda model_id: 4 * 2**30)
+    download_model("org/other", profile=GPU, sources=(resumed,))  # 4.4 GiB - 2 GiB present fits in 3 GiB
+    assert [c[0] for c in calls] == ["a", "b"]

@@ -1,0 +1,71 @@
+"""Chat helpers: streaming gives the same text as plain generation, and every turn keeps template and system."""
+
+from __future__ import annotations
+
+import pytest
+
+from helpers import chat
+from helpers.chat import Chat, gradio_app, gradio_respond, stream_reply
+
+SYSTEM = "现在你要扮演皇帝身边的女人--甄嬛"
+
+
+@pytest.fixture(scope="module")
+def tiny_model():
+    from transformers import AutoModelForCausalLM
+
+    from helpers.tiny_model import ensure_tiny_model
+
+    return AutoModelForCausalLM.from_pretrained(ensure_tiny_model(), dtype="float32")
+
+
+def fake_stream(calls: list):
+    """A stand-in for the model: records the messages it was given and streams a fixed answer."""
+
+    def stream(model, tokenizer, messages, max_new_tokens, sample=False):
+        calls.append(messages)
+        yield from ["你好", "，主人", "喵"]
+
+    return stream
+
+
+# Prevents: a streamed chat that shows different text from what the evaluation (plain generate) measured.
+def test_streamed_reply_equals_greedy_generation(tiny_model, tiny_tokenizer):
+    from helpers.train import generate_replies
+
+    messages = [{"role": "user", "content": "What is the capital of France?"}]
+    streamed = "".join(stream_reply(tiny_model, tiny_tokenizer, messages, max_new_tokens=12))
+    assert streamed.strip() == generate_replies(tiny_model, tiny_tokenizer, [messages], 12)[0].strip()
+    assert streamed.strip()
+
+
+# Prevents: a chat that forgets earlier turns or drops the training system prompt from the second turn on.
+def test_chat_keeps_history_and_system_prompt(monkeypatch):
+    calls = []
+    monkeypatch.setattr(chat, "stream_reply", fake_stream(calls))
+    session = Chat(model=None, tokenizer=None, system=SYSTEM)
+    assert "".join(session.ask("第一句")) == "你好，主人喵"
+    list(session.ask("第二句"))
+    assert [m["role"] for m in calls[1]] == ["system", "user", "assistant", "user"]
+    assert calls[1][0]["content"] == SYSTEM and calls[1][2]["content"] == "你好，主人喵"
+    assert len(session.history) == 4
+    session.reset()
+    assert session.history == []
+
+
+# Prevents: the gradio page sending gradio's own message objects (or no system prompt) to the chat template.
+def test_gradio_respond_streams_growing_answer_with_system(monkeypatch):
+    calls = []
+    monkeypatch.setattr(chat, "stream_reply", fake_stream(calls))
+    respond = gradio_respond(None, None, SYSTEM, 16)
+    history = [{"role": "user", "content": "在吗"}, {"role": "assistant", "content": [{"type": "text", "text": "在"}]}]
+    assert list(respond("你好", history)) == ["你好", "你好，主人", "你好，主人喵"]
+    assert calls[0] == [{"role": "system", "content": SYSTEM}, {"role": "user", "content": "在吗"},
+                        {"role": "assistant", "content": "在"}, {"role": "user", "content": "你好"}]
+
+
+# Prevents: a gradio version change that breaks building the app, found only when a student launches it.
+def test_gradio_app_builds_without_launching():
+    import gradio as gr
+
+    assert isinstance(gradio_app(None, None, None, 16, title="NekoQA"), gr.ChatInterface)
