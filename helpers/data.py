@@ -290,7 +290,7 @@ def validate(path: str | Path) -> str:
     # A test file has prompts only; in any other file a row without its reply is a mistake.
     prompts_only = not any(key in row for row in records for key in ("output", "conversations", "messages", "chosen"))
     for i, row in enumerate(records, start=1):
-        if "chosen" in row:  # a preference pair for DPO (lesson 09)
+        if "chosen" in row:  # a preference pair for DPO (prompt, chosen, rejected)
             for field in ("prompt", "chosen", "rejected"):
                 _text_field(row, field, (str(path), i))
             continue
