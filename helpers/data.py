@@ -8,9 +8,9 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-import warnings
 from pathlib import Path
 
+from helpers.messages import warn
 from helpers.paths import DATA_DIR
 from helpers.profiles import Profile, get_profile
 from helpers.templates import IGNORE_INDEX, Message, encode_with_label_mask
@@ -210,11 +210,10 @@ def warn_duplicates(path: str | Path, rows: list) -> None:
         first_seen.setdefault(key, index)
     if repeats:
         (row, first), count = repeats[0], len(repeats)
-        warnings.warn(
+        warn(
             f"{path}: {count} 条重复（例如第 {row} 条与第 {first} 条相同），重复的样本在训练中权重更大，建议删除。\n"
             f"{path}: {count} duplicate rows (e.g. row {row} repeats row {first}); "
-            "duplicates weigh more in training: remove them.",
-            stacklevel=3,
+            "duplicates weigh more in training: remove them."
         )
 
 
@@ -251,9 +250,8 @@ def encode_conversations(tokenizer, conversations: list[list[Message]], cutoff: 
         ids, labels = truncate(sample["input_ids"], sample["labels"], cutoff)
         encoded.append({"input_ids": ids, "attention_mask": [1] * len(ids), "labels": labels})
     if truncated:
-        warnings.warn(f"{truncated} 条样本超过 {cutoff} 个 token，已截断；若被截掉的内容重要，请调大 cutoff。\n"
-                      f"{truncated} samples truncated to {cutoff} tokens; raise the cutoff if the cut part matters.",
-                      stacklevel=2)
+        warn(f"{truncated} 条样本超过 {cutoff} 个 token，已截断；若被截掉的内容重要，请调大 cutoff。\n"
+             f"{truncated} samples truncated to {cutoff} tokens; raise the cutoff if the cut part matters.")
     return encoded
 
 
@@ -290,7 +288,7 @@ def validate(path: str | Path) -> str:
     # A test file has prompts only; in any other file a row without its reply is a mistake.
     prompts_only = not any(key in row for row in records for key in ("output", "conversations", "messages", "chosen"))
     for i, row in enumerate(records, start=1):
-        if "chosen" in row:  # a preference pair for DPO (prompt, chosen, rejected)
+        if "chosen" in row:  # a preference pair for DPO (lesson 09): prompt, chosen, rejected
             for field in ("prompt", "chosen", "rejected"):
                 _text_field(row, field, (str(path), i))
             continue

@@ -2,10 +2,9 @@
 
 from __future__ import annotations
 
-import warnings
-
 import torch
 
+from helpers.messages import warn
 from helpers.profiles import Profile
 
 DTYPES = ("float32", "float16", "bfloat16")
@@ -60,11 +59,10 @@ def compute_dtype(profile: Profile, demand: str | None = None) -> torch.dtype:
         return torch.float32
     wanted = getattr(torch, profile.compute_dtype)
     if wanted is torch.bfloat16 and not bf16_supported():
-        warnings.warn(
+        warn(
             "这块 GPU 不支持 bf16，改用 fp16；若 loss 变成 0 或 NaN，请减小学习率或换 bf16 显卡。\n"
             "This GPU lacks bf16; using fp16. If the loss becomes 0 or NaN, lower the learning rate "
-            "or use a bf16-capable GPU.",
-            stacklevel=2,
+            "or use a bf16-capable GPU."
         )
         return torch.float16
     return wanted

@@ -3,13 +3,17 @@
 ``python -m helpers.llamafactory export nekoqa --out LLaMA-Factory/data`` writes ``course_nekoqa.json``
 (the training set of the profile: shipped, or the full set in the gpu profile) and ``course_nekoqa_eval.json``
 (the held-out set), registers both in ``dataset_info.json`` (other entries are kept), and writes
-``course_nekoqa_sft.yaml`` and ``course_nekoqa_predict.yaml`` with the course's recipe. Then::
+``course_nekoqa_sft.yaml``, ``course_nekoqa_predict.yaml``, ``course_nekoqa_infer.yaml`` and
+``course_nekoqa_merge.yaml`` with the course's recipe. Then::
 
     llamafactory-cli train LLaMA-Factory/data/course_nekoqa_sft.yaml
     llamafactory-cli train LLaMA-Factory/data/course_nekoqa_predict.yaml
     python -m helpers.evaluate score outputs/llamafactory/nekoqa-gpu/predict/generated_predictions.jsonl
+    llamafactory-cli chat LLaMA-Factory/data/course_nekoqa_infer.yaml     # also webchat, or api
+    llamafactory-cli export LLaMA-Factory/data/course_nekoqa_merge.yaml
 
-Field names follow LLaMA-Factory's ``data/README.md``; config keys its ``examples/train_qlora`` and hparams.
+Field names follow LLaMA-Factory's ``data/README.md``; config keys its ``examples/train_qlora``, ``examples/inference``,
+``examples/merge_lora`` and hparams.
 """
 
 from __future__ import annotations
@@ -114,6 +118,11 @@ def run_dir(lesson: str, profile: Profile) -> Path:
     return REPO_ROOT / "outputs" / "llamafactory" / f"{lesson}-{profile.name}"
 
 
+def merge_dir(lesson: str, profile: Profile) -> Path:
+    """Where ``llamafactory-cli export`` writes the merged model: next to the adapter, ``<run_dir>-merged``."""
+    return run_dir(lesson, profile).with_name(f"{lesson}-{profile.name}-merged")
+
+
 def quantized_model(model_path: str) -> dict:
     """The base model in 4-bit NF4 with double quantization, as the course loads it."""
     return {"model_name_or_path": model_path, "quantization_bit": 4, "quantization_type": "nf4",
@@ -182,16 +191,55 @@ def predict_yaml(lesson: str, profile: Profile, model_path: str, dataset_name: s
     )
 
 
+def inference_yaml(lesson: str, profile: Profile, model_path: str, template: str | None = None) -> str:
+    """A config for ``llamafactory-cli chat`` / ``webchat`` / ``api``: the 4-bit base plus the lesson's adapter."""
+    return to_yaml(
+        [f"{lesson} 的对话与部署（{profile.name} 配置）：4-bit 基座 + 适配器，与训练时相同 / "
+         "chat and serve: the 4-bit base plus the adapter, as in training",
+         "终端对话 / chat in a terminal: llamafactory-cli chat <本文件 / this file>",
+         "网页对话 / chat in a browser: llamafactory-cli webchat <本文件 / this file>",
+         "OpenAI 兼容接口 / OpenAI-compatible API: API_PORT=8000 llamafactory-cli api <本文件 / this file>",
+         "vllm 后端不支持 bitsandbytes 4-bit：先用 _merge.yaml 合并，再把 model_name_or_path 指向合并结果 / "
+         "vllm cannot load bitsandbytes 4-bit: merge first, then serve the merged folder"],
+        {
+            "model": {**quantized_model(model_path), "adapter_name_or_path": str(run_dir(lesson, profile)),
+                      "template": template or template_for(model_path)},
+            "method": {"finetuning_type": "lora"},
+            "inference": {"infer_backend": "huggingface"},
+        },
+    )
+
+
+def merge_yaml(lesson: str, profile: Profile, model_path: str, template: str | None = None) -> str:
+    """A config for ``llamafactory-cli export`` that merges the adapter into the 16-bit base (never quantized)."""
+    return to_yaml(
+        [f"{lesson} 的适配器合并进 16-bit 基座（{profile.name} 配置）/ merge the adapter into the 16-bit base",
+         "运行 / run: llamafactory-cli export <本文件 / this file>",
+         "不要加 quantization_bit：LLaMA-Factory 拒绝合并进量化模型，第 06 课也实测了合并进 4-bit 基座为什么是错的 / "
+         "no quantization_bit: LLaMA-Factory refuses to merge into a quantized model, and lesson 06 shows why "
+         "merging into a 4-bit base is wrong"],
+        {
+            "model": {"model_name_or_path": model_path, "adapter_name_or_path": str(run_dir(lesson, profile)),
+                      "template": template or template_for(model_path)},
+            "method": {"finetuning_type": "lora"},
+            "export": {"export_dir": str(merge_dir(lesson, profile)), "export_size": 2, "export_device": "cpu",
+                       "export_legacy_format": False},
+        },
+    )
+
+
 def export(lesson: str, out_dir: str | Path, formatting: str = "alpaca", profile: Profile | None = None,
            model_path: str | None = None, template: str | None = None) -> dict[str, Path]:
-    """Data files, ``dataset_info.json`` and the two YAML configs of a lesson, all in ``out_dir``."""
+    """Data files, ``dataset_info.json`` and the four YAML configs of a lesson, all in ``out_dir``."""
     profile = profile or get_profile()
     out_dir = Path(out_dir).resolve()
     model_path = model_path or profile.model_id
     template = template or template_for(model_path)
     name = export_dataset(lesson, out_dir, formatting, profile)
     configs = {"sft": training_yaml(lesson, profile, model_path, name, out_dir, template),
-               "predict": predict_yaml(lesson, profile, model_path, name, out_dir, template)}
+               "predict": predict_yaml(lesson, profile, model_path, name, out_dir, template),
+               "infer": inference_yaml(lesson, profile, model_path, template),
+               "merge": merge_yaml(lesson, profile, model_path, template)}
     written = {"data": out_dir / f"{name}.json", "eval": out_dir / f"{name}_eval.json",
                "dataset_info": out_dir / "dataset_info.json"}
     for kind, text in configs.items():
@@ -222,7 +270,9 @@ def main(argv: list[str] | None = None) -> int:
     print(f"训练 / train:   llamafactory-cli train {display_path(written['sft'])}\n"
           f"预测 / predict: llamafactory-cli train {display_path(written['predict'])}\n"
           f"评分 / score:   python -m helpers.evaluate score "
-          f"{display_path(run_dir(args.lesson, profile) / 'predict' / 'generated_predictions.jsonl')}")
+          f"{display_path(run_dir(args.lesson, profile) / 'predict' / 'generated_predictions.jsonl')}\n"
+          f"对话 / chat:    llamafactory-cli chat {display_path(written['infer'])}\n"
+          f"合并 / merge:   llamafactory-cli export {display_path(written['merge'])}")
     return 0
 
 

@@ -55,7 +55,7 @@ class Profile:
         return self.name == "tiny"
 
     def recipe(self, lesson: str) -> Recipe:
-        """The training recipe of a lesson: ``nekoqa``, ``tang`` or ``huanhuan``."""
+        """The training recipe of a lesson: ``nekoqa``, ``tang``, ``huanhuan`` or ``nekoqa_dpo`` (lesson 09)."""
         if lesson not in self.recipes:
             known = ", ".join(self.recipes)
             raise ProfileError(f"没有课程 {lesson!r} 的配方 / no recipe for {lesson!r}; known: {known}")
@@ -66,6 +66,10 @@ class Profile:
 TINY_RECIPE = Recipe(lora_r=8, lora_alpha=16, lora_dropout=0.0, learning_rate=2e-3, max_steps=6, batch_size=4,
                      grad_accum=1, cutoff=192, warmup_steps=1, save_steps=3, eval_rows=12)
 
+# DPO (lesson 09) on top of the NekoQA SFT adapter: short pairs, few steps, so it fits the tiny time budget.
+TINY_DPO_RECIPE = Recipe(lora_r=8, lora_alpha=16, lora_dropout=0.0, learning_rate=1e-3, max_steps=4, batch_size=4,
+                         grad_accum=1, cutoff=96, warmup_steps=1, save_steps=2, eval_rows=28)
+
 # GPU: the original tutorials' recipes (see the lessons for their sources).
 GPU_RECIPES = {
     "nekoqa": Recipe(lora_r=32, lora_alpha=32, lora_dropout=0.05, learning_rate=2e-4, max_steps=150, batch_size=2,
@@ -74,6 +78,9 @@ GPU_RECIPES = {
                    grad_accum=4, cutoff=256, warmup_steps=50, save_steps=20, train_rows=1040),
     "huanhuan": Recipe(lora_r=8, lora_alpha=32, lora_dropout=0.1, learning_rate=1e-4, max_steps=700, batch_size=4,
                        grad_accum=4, cutoff=384, warmup_steps=20, save_steps=100),
+    # DPO on top of the NekoQA SFT adapter (lesson 09): a much smaller learning rate than SFT.
+    "nekoqa_dpo": Recipe(lora_r=32, lora_alpha=32, lora_dropout=0.05, learning_rate=2e-5, max_steps=100,
+                         batch_size=2, grad_accum=4, cutoff=1024, warmup_steps=10, save_steps=50),
 }
 
 PROFILES: dict[str, Profile] = {
@@ -82,7 +89,7 @@ PROFILES: dict[str, Profile] = {
         model_id=TINY_MODEL_ID,
         compute_dtype="float32",
         max_new_tokens=48,
-        recipes={"nekoqa": TINY_RECIPE, "tang": TINY_RECIPE, "huanhuan": TINY_RECIPE},
+        recipes={"nekoqa": TINY_RECIPE, "tang": TINY_RECIPE, "huanhuan": TINY_RECIPE, "nekoqa_dpo": TINY_DPO_RECIPE},
         max_shard_size="200MB",  # small shards so the tiny run shows what sharding looks like
     ),
     "gpu": Profile(

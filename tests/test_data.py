@@ -1,6 +1,7 @@
 import json
 import subprocess
 import sys
+import warnings
 
 import pytest
 
@@ -15,6 +16,7 @@ from helpers.data import (
     sharegpt_to_messages,
     truncate,
 )
+from helpers.messages import CourseWarning
 from helpers.paths import DATA_DIR
 from helpers.templates import IGNORE_INDEX
 
@@ -196,3 +198,16 @@ def test_shipped_sets_have_enough_rows_and_disjoint_splits():
         assert not questions & {c[-2]["content"] for c in held_out}
     test_rows = read_records(DATA_DIR / "tang" / "Tang_testing_data.json")
     assert len(test_rows) == 15 and all("output" not in r for r in test_rows)
+
+
+# Prevents: notebook outputs that show the student's (or CI's) file paths in the helpers' warnings.
+def test_course_warnings_print_their_message_without_a_file_path(tiny_tokenizer):
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        long_question = [{"role": "user", "content": "你好" * 40}, {"role": "assistant", "content": "喵"}]
+        encode_conversations(tiny_tokenizer, [long_question] * 2, 8)
+    (warning,) = caught
+    text = warnings.formatwarning(warning.message, warning.category, warning.filename, warning.lineno)
+    assert text.startswith("CourseWarning: 2 条样本超过 8 个 token") and warning.filename not in text
+    assert issubclass(warning.category, CourseWarning) and issubclass(warning.category, UserWarning)
+    assert "/some/where.py:3: UserWarning" in warnings.formatwarning("m", UserWarning, "/some/where.py", 3)

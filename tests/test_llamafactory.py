@@ -9,7 +9,10 @@ from helpers.llamafactory import (
     dataset_entry,
     export,
     export_dataset,
+    inference_yaml,
     main,
+    merge_dir,
+    merge_yaml,
     predict_yaml,
     run_dir,
     template_for,
@@ -141,14 +144,74 @@ def test_cli_writes_data_info_and_both_configs(tmp_path, capsys):
     assert main(["export", "huanhuan", "--out", str(out), "--formatting", "sharegpt", "--profile", "tiny"]) == 0
     names = {p.name for p in out.iterdir()}
     assert names == {"course_huanhuan.json", "course_huanhuan_eval.json", "dataset_info.json",
-                     "course_huanhuan_sft.yaml", "course_huanhuan_predict.yaml"}
+                     "course_huanhuan_sft.yaml", "course_huanhuan_predict.yaml", "course_huanhuan_infer.yaml",
+                     "course_huanhuan_merge.yaml"}
     config = yaml.safe_load((out / "course_huanhuan_sft.yaml").read_text(encoding="utf-8"))
     assert config["dataset_dir"] == str(out) and config["template"] == "smollm2"
-    assert "llamafactory-cli train" in capsys.readouterr().out
+    printed = capsys.readouterr().out
+    assert "llamafactory-cli train" in printed and "llamafactory-cli chat" in printed
+    assert "llamafactory-cli export" in printed
     assert main(["export", "tang", "--out", str(out), "--model", "Qwen/Qwen3-8B", "--profile", "tiny"]) == 1
 
 
 def test_export_returns_every_path(tmp_path):
     written = export("tang", tmp_path, "alpaca", TINY, "Qwen/Qwen2.5-0.5B-Instruct")
     assert all(path.is_file() for path in written.values()) and set(written) == {
-        "data", "eval", "dataset_info", "sft", "predict"}
+        "data", "eval", "dataset_info", "sft", "predict", "infer", "merge"}
+
+
+MODEL = "Qwen/Qwen2.5-1.5B-Instruct"
+
+
+@pytest.mark.parametrize("lesson", LESSONS)
+def test_inference_yaml_loads_the_4bit_base_with_the_trained_adapter(lesson):
+    # Prevents: llamafactory-cli chat / webchat / api serving the base alone, another adapter or another template.
+    config = yaml.safe_load(inference_yaml(lesson, GPU, MODEL))
+    assert (config["model_name_or_path"], config["template"], config["finetuning_type"]) == (MODEL, "qwen", "lora")
+    assert (config["quantization_bit"], config["quantization_type"], config["double_quantization"]) == (4, "nf4", True)
+    assert config["infer_backend"] == "huggingface"
+    assert config["adapter_name_or_path"] == str(run_dir(lesson, GPU))
+
+
+def test_inference_yaml_header_shows_the_three_commands():
+    # Prevents: a config students cannot tell how to run.
+    text = inference_yaml("nekoqa", GPU, MODEL)
+    for command in ("llamafactory-cli chat", "llamafactory-cli webchat", "API_PORT=8000 llamafactory-cli api"):
+        assert any(line.startswith("#") and command in line for line in text.splitlines())
+
+
+@pytest.mark.parametrize("lesson", LESSONS)
+def test_merge_yaml_merges_into_the_16bit_base(lesson):
+    # Prevents: "Cannot merge adapters to a quantized model", or merging into 4-bit (lesson 06: the update is lost).
+    config = yaml.safe_load(merge_yaml(lesson, GPU, MODEL))
+    assert not [key for key in config if key.startswith("quantization")]
+    assert (config["model_name_or_path"], config["template"], config["finetuning_type"]) == (MODEL, "qwen", "lora")
+    assert config["adapter_name_or_path"] == str(run_dir(lesson, GPU))
+    assert (config["export_dir"], config["export_size"], config["export_device"], config["export_legacy_format"]) == (
+        str(merge_dir(lesson, GPU)), 2, "cpu", False)
+    assert config["export_dir"] != config["adapter_name_or_path"]
+
+
+def test_merge_yaml_header_explains_why_it_is_not_quantized():
+    # Prevents: someone "fixing" the merge config by adding quantization_bit back.
+    header = [line for line in merge_yaml("nekoqa", GPU, MODEL).splitlines() if line.startswith("#")]
+    assert any("quantization_bit" in line for line in header)
+    assert any("第 06 课" in line and "lesson 06" in line for line in header)
+
+
+def test_chat_and_merge_use_the_adapter_that_training_writes(tmp_path):
+    # Prevents: training saving the adapter in one folder and chat / merge looking for it in another.
+    written = export("nekoqa", tmp_path, "alpaca", TINY)
+    configs = {kind: yaml.safe_load(written[kind].read_text(encoding="utf-8"))
+               for kind in ("sft", "predict", "infer", "merge")}
+    adapter = configs["sft"]["output_dir"]
+    assert {configs[kind]["adapter_name_or_path"] for kind in ("predict", "infer", "merge")} == {adapter}
+    assert {config["template"] for config in configs.values()} == {"smollm2"}
+    assert {config["model_name_or_path"] for config in configs.values()} == {TINY.model_id}
+
+
+def test_explicit_template_reaches_every_config(tmp_path):
+    # Prevents: --template for a model the course cannot name (Qwen3) being ignored by chat or merge.
+    written = export("tang", tmp_path, "alpaca", TINY, "Qwen/Qwen3-8B", "qwen3")
+    for kind in ("sft", "predict", "infer", "merge"):
+        assert yaml.safe_load(written[kind].read_text(encoding="utf-8"))["template"] == "qwen3"

@@ -1,0 +1,81 @@
+"""Preference tuning (DPO, lesson 09) on top of a lesson's SFT adapter, with TRL's DPOTrainer.
+
+DPO needs no reward model: for each prompt it raises the policy's log-probability of the chosen answer
+and lowers that of the rejected one, both measured against a frozen reference (here: the SFT adapter).
+"""
+
+from __future__ import annotations
+
+import warnings
+from dataclasses import fields
+from pathlib import Path
+
+import torch
+from datasets import Dataset
+from peft import PeftModel
+from transformers import TrainerCallback, TrainingArguments
+from trl import DPOConfig, DPOTrainer
+
+from helpers.data import encode_conversations, read_records, validate
+from helpers.download import download_model
+from helpers.lessons import train_lesson
+from helpers.paths import DATA_DIR
+from helpers.profiles import Profile, Recipe
+from helpers.templates import Message
+from helpers.train import completion_logprobs, load_model_4bit, sft_config, with_tqdm
+
+# trl 1.16's DPOTrainer still calls the methods transformers 5 renamed to activation_checkpointing_*; theirs to fix.
+warnings.filterwarnings("ignore", message="`gradient_checkpointing_(enable|disable)` is deprecated",
+                        category=FutureWarning)
+
+PREFERENCE_FILES = {"train": DATA_DIR / "nekoqa" / "dpo_train.json", "eval": DATA_DIR / "nekoqa" / "dpo_eval.json"}
+BETA = 0.1  # how far the policy may move from the reference: small beta, bigger moves
+REWARD_KEYS = ("rewards/chosen", "rewards/rejected", "rewards/margins")
+
+
+def load_preferences(split: str, path: Path | None = None) -> list[dict[str, list[Message]]]:
+    """Preference pairs in TRL's conversational format: ``prompt``, ``chosen``, ``rejected`` message lists."""
+    path = path or PREFERENCE_FILES[split]
+    validate(path)  # a clear error naming file, row and field on a broken pair
+    return [
+        {
+            "prompt": [{"role": "user", "content": row["prompt"]}],
+            "chosen": [{"role": "assistant", "content": row["chosen"]}],
+            "rejected": [{"role": "assistant", "content": row["rejected"]}],
+        }
+        for row in read_records(path)
+    ]
+
+
+def preference_accuracy(model, tokenizer, pairs: list[dict], cutoff: int) -> float:
+    """Share of pairs where the model gives the chosen answer a higher log-probability than the rejected one."""
+    chosen = encode_conversations(tokenizer, [p["prompt"] + p["chosen"] for p in pairs], cutoff)
+    rejected = encode_conversations(tokenizer, [p["prompt"] + p["rejected"] for p in pairs], cutoff)
+    wins = [c > r for c, r in zip(completion_logprobs(model, chosen), completion_logprobs(model, rejected),
+                                  strict=True)]
+    return sum(wins) / len(wins)
+
+
+def load_policy(lesson: str, profile: Profile) -> PeftModel:
+    """The 4-bit base with the lesson's SFT adapter (trained first if missing), trainable: DPO continues from it.
+
+    TRL copies this adapter into a frozen "ref" adapter and uses it as the reference model.
+    """
+    adapter = train_lesson(lesson, profile)
+    return PeftModel.from_pretrained(load_model_4bit(download_model(profile=profile), profile), adapter,
+                                     is_trainable=True)
+
+
+def dpo_config(recipe: Recipe, output_dir: Path, dtype: torch.dtype, seed: int) -> DPOConfig:
+    """The SFT lessons' trainer settings (batch, schedule, checkpoints, dtype, optimizer, seed), plus DPO's own."""
+    sft = sft_config(recipe, output_dir, dtype, seed)
+    shared = {field.name: getattr(sft, field.name) for field in fields(TrainingArguments) if field.init}
+    return DPOConfig(**shared, beta=BETA, max_length=recipe.cutoff)
+
+
+def make_dpo_trainer(model: PeftModel, tokenizer, pairs: list[dict], args: DPOConfig,
+                     callbacks: list[TrainerCallback] = ()) -> DPOTrainer:
+    """A DPOTrainer on preference pairs; the reference is a frozen copy of the SFT adapter."""
+    trainer = DPOTrainer(model=model, args=args, train_dataset=Dataset.from_list(pairs), processing_class=tokenizer,
+                         callbacks=list(callbacks))
+    return with_tqdm(trainer)
