@@ -1,0 +1,289 @@
+"""How much memory QLoRA training takes: an estimate from the model config, and the measured peak.
+
+``estimate(shape, settings)`` adds up, in bytes, what is alive at the peak of a training step of the course's
+pipeline (``load_model_4bit``, then TRL's SFTTrainer with LoRA on the seven projections, padding-free batches):
+
+- weights: with NF4 the seven projections of every layer take ``NF4_BITS_PER_PARAM`` = 4.127 bits (4-bit codes,
+  an 8-bit absmax per 64 weights, a fp32 constant per 256 absmax); embeddings, norms, biases and an untied
+  ``lm_head`` stay in fp32, because ``prepare_model_for_kbit_training`` casts every non-4-bit parameter to fp32.
+  With ``16bit`` / ``32bit`` every parameter has that width.
+- LoRA: ``r * (in + out)`` parameters per projection (bf16: TRL casts them on a quantized model, fp32 otherwise),
+  gradients of the same size, and optimizer states: AdamW keeps 2 states in the parameters' dtype, paged 8-bit
+  AdamW 2 bytes per parameter.
+- activations, saved for backward. With checkpointing: every layer's input (``layers * tokens * hidden`` values
+  of the residual stream, fp32 after ``prepare_model_for_kbit_training``). Without: every layer's saved tensors,
+  per token (measured with ``torch.autograd.graph.saved_tensors_hooks`` on SmolLM2 in fp32 and bf16):
+  the two norm inputs (2h, residual dtype); the LoRA inputs, 5h for q/k/v/gate/up, h for o_proj and i for
+  down_proj in LoRA dtype (shared with their source when the dtypes agree); q, k, v and the attention output
+  (2h + 2 kv_heads head_dim, compute dtype; with a mask, i.e. several rows per batch, k and v are repeated to all
+  heads, 4h, and each layer keeps a ``tokens x tokens`` copy of the mask in compute dtype); gate, up and silu(gate)
+  (3i, residual dtype: bnb returns its input's dtype); the 7 LoRA A outputs (7r); with LoRA dropout one more copy
+  of every LoRA input (7h + i). Both add the head's input (h), the boolean mask (tokens^2 bytes) and rotary cos/sin.
+- transient, the largest short-lived working set: the loss head and, with checkpointing, one recomputed layer
+  plus its gradients, whichever is larger; plus one dequantized projection. TRL scores the vocabulary in tiles of
+  ``min(tokens, 4096) x 32768`` logits: one tile in compute dtype on a GPU (its Triton kernel works in place); on
+  CPU its torch fallback peaks at 8.26 fp32 tiles (measured on the kernel alone). Without TRL
+  (``chunked_loss=False``) the whole ``tokens x vocab`` logits exist, in compute dtype plus a fp32 copy and its
+  fp32 gradient: often the peak.
+- overhead: on a GPU the CUDA context and allocator slack (``CUDA_OVERHEAD``); on CPU the BLAS workspace the loss
+  head's first backward leaves allocated (``CPU_OVERHEAD``, measured), not the interpreter and libraries:
+  ``benchmarks/memory.py`` compares the RSS increase of training steps.
+
+``fit_table()`` answers "does it fit on 24 / 48 / 80 GB" for the course's models and GPU recipes
+(``python -m helpers.memory``); ``reset_peak`` / ``peak_bytes`` / ``run_forked`` measure real peaks.
+"""
+
+from __future__ import annotations
+
+import multiprocessing
+import re
+import resource
+from collections.abc import Callable
+from dataclasses import astuple, dataclass, fields, replace
+from pathlib import Path
+from typing import TypeVar
+
+import torch
+
+from helpers.profiles import GPU_RECIPES, Recipe
+
+GIB = 2**30
+NF4_BITS_PER_PARAM = 4 + 8 / 64 + 32 / (64 * 256)  # = 4.127
+CUDA_OVERHEAD = int(0.75 * GIB)  # CUDA context (~500 MiB) plus allocator fragmentation
+LOGIT_TILE = (4096, 32768)  # TRL's chunked log-prob kernel: tokens x vocabulary columns per tile
+# That kernel's torch fallback on CPU, measured alone (15-4096 tokens, vocabulary 32k-98k, hidden 576-1152): its
+# backward peaks at 8.26 fp32 tiles' worth per token row, and its first backward in a process keeps 282 MiB more.
+CPU_LOGIT_TILES = 8.26
+CPU_OVERHEAD = 282 * 2**20
+GPU_SIZES_GB = (24, 48, 80)
+Result = TypeVar("Result")
+
+
+@dataclass(frozen=True)
+class ModelShape:
+    """The numbers of a decoder-only model's config that decide its memory."""
+
+    hidden_size: int
+    intermediate_size: int
+    num_hidden_layers: int
+    num_attention_heads: int
+    num_key_value_heads: int
+    head_dim: int
+    vocab_size: int
+    tie_word_embeddings: bool
+    attention_bias: bool = False  # Qwen2 has biases on q/k/v
+
+    @classmethod
+    def from_config(cls, config) -> ModelShape:
+        """From a transformers config (``AutoConfig.from_pretrained(folder)``) or its dict."""
+        values = config if isinstance(config, dict) else config.to_dict()
+        shape = {f.name: values[f.name] for f in fields(cls) if f.name in values}
+        shape["head_dim"] = values.get("head_dim") or values["hidden_size"] // values["num_attention_heads"]
+        shape.setdefault("attention_bias", values.get("model_type") == "qwen2")
+        return cls(**shape)
+
+    def projections(self) -> list[tuple[int, int]]:
+        """(in, out) features of q, k, v, o, gate, up and down in one layer."""
+        h, i = self.hidden_size, self.intermediate_size
+        q, kv = self.num_attention_heads * self.head_dim, self.num_key_value_heads * self.head_dim
+        return [(h, q), (h, kv), (h, kv), (q, h), (h, i), (h, i), (i, h)]
+
+
+# The real models' config.json numbers, copied from their Hugging Face repositories (no hub access needed here).
+KNOWN_MODELS: dict[str, ModelShape] = {
+    "Qwen/Qwen2.5-0.5B-Instruct": ModelShape(896, 4864, 24, 14, 2, 64, 151936, True, True),
+    "Qwen/Qwen2.5-1.5B-Instruct": ModelShape(1536, 8960, 28, 12, 2, 128, 151936, True, True),
+    "meta-llama/Llama-3.2-3B-Instruct": ModelShape(3072, 8192, 28, 24, 8, 128, 128256, True),
+    "Qwen/Qwen2.5-7B-Instruct": ModelShape(3584, 18944, 28, 28, 4, 128, 152064, False, True),
+    "Qwen/Qwen2.5-72B-Instruct": ModelShape(8192, 29568, 80, 64, 8, 128, 152064, False, True),
+    "HuggingFaceTB/SmolLM2-135M-Instruct": ModelShape(576, 1536, 30, 9, 3, 64, 49152, True),
+}
+# LoRA on a 4-bit base (the course) against LoRA on a 16-bit base, everything else the same.
+METHODS = {"QLoRA 4-bit": "nf4", "LoRA 16-bit": "16bit"}
+
+
+@dataclass(frozen=True)
+class Settings:
+    """How the model is trained: weight format, dtypes, LoRA, optimizer, batch, checkpointing and device."""
+
+    weights: str = "nf4"  # "nf4", "16bit" or "32bit"
+    compute_bytes: int = 2  # 2: bf16 / fp16 on a GPU, 4: fp32 (CPU)
+    lora_r: int = 8
+    lora_dropout: float = 0.0
+    optimizer: str = "paged_adamw_8bit"  # or "adamw"
+    batch_size: int = 1
+    length: int = 512  # tokens per row; a padding-free batch holds at most batch_size * length tokens
+    checkpointing: bool = True
+    chunked_loss: bool = True  # TRL's SFTTrainer; False: plain transformers materializes the logits
+    gpu: bool = True
+
+    @classmethod
+    def for_recipe(cls, recipe: Recipe, gpu: bool = True) -> Settings:
+        """The course's pipeline for a recipe: NF4, bf16 and paged 8-bit AdamW on a GPU, fp32 and AdamW on CPU."""
+        return cls(compute_bytes=2 if gpu else 4, lora_r=recipe.lora_r, lora_dropout=recipe.lora_dropout,
+                   optimizer="paged_adamw_8bit" if gpu else "adamw", batch_size=recipe.batch_size,
+                   length=recipe.cutoff, gpu=gpu)
+
+    @property
+    def tokens(self) -> int:
+        return self.batch_size * self.length
+
+    @property
+    def residual_bytes(self) -> int:
+        """Embeddings and norms: fp32 after ``prepare_model_for_kbit_training``, else the weights' width."""
+        return {"nf4": 4, "16bit": 2, "32bit": 4}[self.weights]
+
+    @property
+    def lora_bytes(self) -> int:
+        """TRL casts LoRA to bf16 on a quantized model; peft keeps it in fp32 otherwise."""
+        return 2 if self.weights == "nf4" else 4
+
+
+@dataclass(frozen=True)
+class MemoryEstimate:
+    """Bytes of each part of a training step's peak."""
+
+    weights: int
+    lora: int
+    gradients: int
+    optimizer: int
+    activations: int
+    transient: int
+    overhead: int
+
+    @property
+    def total(self) -> int:
+        return sum(astuple(self))
+
+
+def lora_parameters(shape: ModelShape, r: int) -> int:
+    """LoRA parameters on all seven projections: ``r * (in + out)`` each, in every layer."""
+    return shape.num_hidden_layers * sum(r * (n_in + n_out) for n_in, n_out in shape.projections())
+
+
+def weight_bytes(shape: ModelShape, settings: Settings) -> int:
+    """Bytes of the base model's weights in the chosen format."""
+    h, layers = shape.hidden_size, shape.num_hidden_layers
+    projected = layers * sum(n_in * n_out for n_in, n_out in shape.projections())
+    embeddings = shape.vocab_size * h * (1 if shape.tie_word_embeddings else 2)
+    norms = (2 * layers + 1) * h
+    biases = layers * (shape.num_attention_heads + 2 * shape.num_key_value_heads) * shape.head_dim
+    others = embeddings + norms + (biases if shape.attention_bias else 0)
+    if settings.weights == "nf4":
+        return int(projected * NF4_BITS_PER_PARAM / 8) + others * settings.residual_bytes
+    return (projected + others) * settings.residual_bytes
+
+
+def layer_activation_bytes(shape: ModelShape, settings: Settings) -> int:
+    """Bytes one decoder layer saves for backward for the whole batch (see the module docstring)."""
+    h, i, r = shape.hidden_size, shape.intermediate_size, settings.lora_r
+    res, comp, lora = settings.residual_bytes, settings.compute_bytes, settings.lora_bytes
+    masked = settings.batch_size > 1  # packed (or padded) rows need a mask; sdpa then repeats k and v
+    kv = shape.num_attention_heads * shape.head_dim if masked else shape.num_key_value_heads * shape.head_dim
+    lora_inputs = (2 * h * res if lora == res else 5 * h * lora) + (0 if lora == comp else h * lora) + i * lora
+    dropout = (7 * h + i) * lora if settings.lora_dropout > 0 else 0
+    attention = (2 * h + 2 * kv) * comp + 4 * shape.num_attention_heads  # q, k, v, output; fp32 logsumexp
+    mlp = 3 * i * res  # gate, up, silu(gate); their product is down_proj's LoRA input
+    per_token = 2 * h * res + 8 + lora_inputs + dropout + attention + mlp + 7 * r * lora
+    return settings.tokens * per_token + (settings.tokens**2 * comp if masked else 0)
+
+
+def loss_head_bytes(shape: ModelShape, settings: Settings) -> int:
+    """Short-lived bytes of the loss over the vocabulary (chunked by TRL, or whole logits)."""
+    tokens, vocab = settings.tokens, shape.vocab_size
+    if not settings.chunked_loss:
+        return tokens * vocab * (settings.compute_bytes + 4 + 4)
+    tile = min(tokens, LOGIT_TILE[0]) * min(vocab, LOGIT_TILE[1])
+    tiles = tile * settings.compute_bytes if settings.gpu else int(CPU_LOGIT_TILES * tile * 4)
+    return tiles + tokens * shape.hidden_size * 4  # plus the fp32 gradient of the head's input
+
+
+def estimate(shape: ModelShape, settings: Settings) -> MemoryEstimate:
+    """What a training step's peak holds, part by part."""
+    tokens, res = settings.tokens, settings.residual_bytes
+    lora = lora_parameters(shape, settings.lora_r)
+    state_bytes = 2 if settings.optimizer == "paged_adamw_8bit" else 2 * settings.lora_bytes
+    layer = layer_activation_bytes(shape, settings)
+    shared = tokens * (shape.hidden_size * res + 2 * shape.head_dim * 4)  # head input, rotary cos / sin
+    mask = tokens**2 if settings.batch_size > 1 else 0  # packed rows: a block-diagonal boolean mask
+    if settings.checkpointing:
+        stored = shape.num_hidden_layers * tokens * shape.hidden_size * res
+        busiest = max(loss_head_bytes(shape, settings), layer + 2 * tokens * shape.hidden_size * res)
+    else:
+        stored, busiest = shape.num_hidden_layers * layer, loss_head_bytes(shape, settings)
+    dequantized = max(n_in * n_out for n_in, n_out in shape.projections()) * settings.compute_bytes
+    return MemoryEstimate(
+        weights=weight_bytes(shape, settings),
+        lora=lora * settings.lora_bytes,
+        gradients=lora * settings.lora_bytes,
+        optimizer=lora * state_bytes,
+        activations=stored + shared + mask,
+        transient=busiest + (dequantized if settings.weights == "nf4" else 0),
+        overhead=CUDA_OVERHEAD if settings.gpu else CPU_OVERHEAD,
+    )
+
+
+def fit_table(recipe: Recipe | None = None, models: dict[str, ModelShape] | None = None) -> str:
+    """Estimated GPU memory of each model with QLoRA and with 16-bit LoRA, and whether it fits on 24 / 48 / 80 GB.
+
+    ``recipe``: batch size, cutoff, LoRA rank (default: the gpu NekoQA recipe, the course's longest rows).
+    """
+    recipe = recipe or GPU_RECIPES["nekoqa"]
+    models = models or {name: shape for name, shape in KNOWN_MODELS.items() if "SmolLM2" not in name}
+    settings = Settings.for_recipe(recipe)
+    sizes = "".join(f"{size:>6} GB" for size in GPU_SIZES_GB)
+    lines = [f"{'模型 / model':<34}{'方法 / method':<14}{'GiB':>7}{sizes}"]  # 2 wide characters in each title
+    for name, shape in models.items():
+        for method, weights in METHODS.items():
+            total = estimate(shape, replace(settings, weights=weights)).total
+            fits = "".join(f"{'✓' if total <= size * GIB else '✗':>9}" for size in GPU_SIZES_GB)
+            lines.append(f"{name:<36}{method:<16}{total / GIB:>7.1f}{fits}")
+    return "\n".join(lines)
+
+
+def reset_peak() -> None:
+    """Start measuring a new peak: the GPU allocator's, or on Linux the process's peak RSS (``VmHWM``)."""
+    if torch.cuda.is_available():
+        torch.cuda.reset_peak_memory_stats()
+    elif Path("/proc/self/clear_refs").exists():
+        Path("/proc/self/clear_refs").write_text("5")  # "5" resets VmHWM to the current RSS (Linux >= 4.0)
+
+
+def peak_bytes() -> int:
+    """The peak since ``reset_peak``: GPU memory allocated by torch, or the process's peak RSS on CPU."""
+    if torch.cuda.is_available():
+        return torch.cuda.max_memory_allocated()
+    status = Path("/proc/self/status")
+    if status.exists():
+        return int(re.search(r"VmHWM:\s+(\d+) kB", status.read_text()).group(1)) * 1024
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # macOS: bytes, and no reset
+
+
+def rss_bytes() -> int:
+    """The process's resident memory now (Linux)."""
+    return int(re.search(r"VmRSS:\s+(\d+) kB", Path("/proc/self/status").read_text()).group(1)) * 1024
+
+
+def run_forked(threads: int, run: Callable[..., Result], *args) -> Result:
+    """``run(*args)`` in a forked process with ``threads`` torch threads, so its peak RSS is its own.
+
+    The parent must run torch with one thread (``torch.set_num_threads(1)`` before any work): a child forked from a
+    process whose OpenMP thread pool has started hangs at its first parallel operation.
+    """
+    context = multiprocessing.get_context("fork")
+    results = context.SimpleQueue()
+
+    def target() -> None:
+        torch.set_num_threads(threads)
+        results.put(run(*args))
+
+    process = context.Process(target=target)
+    process.start()
+    process.join()
+    if process.exitcode != 0:
+        raise RuntimeError(f"子进程失败 / forked run failed (exit code {process.exitcode})")
+    return results.get()
+
+
+if __name__ == "__main__":
+    print(fit_table())
