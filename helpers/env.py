@@ -67,6 +67,8 @@ def check_library(name: str, pinned: str | None) -> Check:
 def check_gpu() -> list[Check]:
     import torch
 
+    from helpers.hardware import bf16_supported  # imports torch: only when the GPU is checked
+
     build = f"torch {torch.__version__}, CUDA build {torch.version.cuda or 'none (CPU)'}"
     if not torch.cuda.is_available():
         return [
@@ -77,7 +79,7 @@ def check_gpu() -> list[Check]:
     props = torch.cuda.get_device_properties(0)
     memory = f"{props.total_memory / 2**30:.1f} GiB"
     driver = torch.cuda.driver_version() if hasattr(torch.cuda, "driver_version") else "?"
-    bf16 = torch.cuda.is_bf16_supported()
+    bf16 = bf16_supported()  # native bf16 only: T4 / V100 emulate it slowly, the course uses fp16 there
     return [
         Check("GPU", f"{torch.cuda.get_device_name(0)} x{torch.cuda.device_count()}, {memory}", OK),
         Check("torch build", f"{build}, driver {driver}", OK),

@@ -6,10 +6,13 @@ a model the offline tiny profile does not have (test_download).
 
 from __future__ import annotations
 
+from types import SimpleNamespace
+
 import pytest
 import torch
 from peft import LoraConfig
 
+from helpers.env import WARNING, check_gpu
 from helpers.hardware import HardwareError, bf16_supported, compute_dtype
 from helpers.profiles import LORA_TARGET_MODULES, get_profile
 from helpers.train import LoraTargetError, check_lora_targets, make_trainer
@@ -80,3 +83,11 @@ def test_make_trainer_checks_targets_before_building_the_trainer(tiny_model):
     # Prevents: the error surfacing only after SFTTrainer has tokenized the data and wrapped the model.
     with pytest.raises(LoraTargetError, match="qproj"):
         make_trainer(tiny_model, None, [], LoraConfig(target_modules=["qproj"]), args=None)
+
+
+def test_environment_report_says_an_emulating_gpu_lacks_bf16(old_gpu, monkeypatch):
+    # Prevents: lesson 00 telling a T4 student "bf16 yes" because torch counts its slow emulation.
+    monkeypatch.setattr(torch.cuda, "get_device_properties", lambda device: SimpleNamespace(total_memory=16 * 2**30))
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    (bf16,) = [check for check in check_gpu() if check.item == "bf16"]
+    assert bf16.verdict == WARNING and "fp16" in bf16.advice
