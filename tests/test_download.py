@@ -1,13 +1,13 @@
 import dataclasses
-import json
 import socket
 import threading
 import time
 from collections import namedtuple
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
+from fake_http import JSONHandler
 
 from helpers import download
 from helpers.download import DownloadError, Source, download_model, local_folder_name
@@ -144,7 +144,7 @@ def hanging_hub():
     server.close()
 
 
-class FakeHub(BaseHTTPRequestHandler):
+class FakeHub(JSONHandler):
     """Answers the two size queries like the real hubs do; an unknown model gets 404."""
 
     def do_GET(self):  # noqa: N802 (http.server's name)
@@ -156,15 +156,7 @@ class FakeHub(BaseHTTPRequestHandler):
         else:
             self.send_error(404)
             return
-        data = json.dumps(body).encode()
-        self.send_response(200)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(data)))
-        self.end_headers()
-        self.wfile.write(data)
-
-    def log_message(self, *args):
-        pass
+        self.send_json(200, body)
 
 
 @pytest.fixture

@@ -4,11 +4,12 @@ import subprocess
 import sys
 import threading
 from fractions import Fraction
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import ThreadingHTTPServer
 from types import SimpleNamespace
 
 import jieba
 import pytest
+from fake_http import JSONHandler
 
 from helpers import evaluate
 from helpers.evaluate import (
@@ -203,7 +204,7 @@ def fake_judge():
     """A local OpenAI-compatible endpoint: records each request and answers with ``server.reply``."""
     seen = []
 
-    class Handler(BaseHTTPRequestHandler):
+    class Handler(JSONHandler):
         def do_POST(self):
             body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
             seen.append({"path": self.path, "auth": self.headers["Authorization"], "body": body})
@@ -211,15 +212,7 @@ def fake_judge():
                 payload = {"choices": [{"message": {"role": "assistant", "content": server.reply}}]}
             else:  # a careless server that echoes the key back
                 payload = {"error": {"message": f"Incorrect API key: {self.headers['Authorization']}"}}
-            data = json.dumps(payload, ensure_ascii=False).encode()
-            self.send_response(server.status)
-            self.send_header("Content-Type", "application/json")
-            self.send_header("Content-Length", str(len(data)))
-            self.end_headers()
-            self.wfile.write(data)
-
-        def log_message(self, *args):
-            pass
+            self.send_json(server.status, payload)
 
     server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
     server.status, server.reply = 200, "评分：4 分"
