@@ -56,6 +56,7 @@ LOGIT_TILE = (4096, 32768)  # TRL's chunked log-prob kernel: tokens x vocabulary
 CPU_LOGIT_TILES = 8.26
 CPU_OVERHEAD = 282 * 2**20
 GPU_SIZES_GB = (24, 48, 80)
+PROC_STATUS = Path("/proc/self/status")  # Linux: the process's current (VmRSS) and peak (VmHWM) resident memory
 Result = TypeVar("Result")
 
 
@@ -253,15 +254,19 @@ def peak_bytes() -> int:
     """The peak since ``reset_peak``: GPU memory allocated by torch, or the process's peak RSS on CPU."""
     if torch.cuda.is_available():
         return torch.cuda.max_memory_allocated()
-    status = Path("/proc/self/status")
-    if status.exists():
-        return int(re.search(r"VmHWM:\s+(\d+) kB", status.read_text()).group(1)) * 1024
+    if PROC_STATUS.exists():
+        return _proc_status_bytes("VmHWM")
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # macOS: bytes, and no reset
 
 
 def rss_bytes() -> int:
     """The process's resident memory now (Linux)."""
-    return int(re.search(r"VmRSS:\s+(\d+) kB", Path("/proc/self/status").read_text()).group(1)) * 1024
+    return _proc_status_bytes("VmRSS")
+
+
+def _proc_status_bytes(field: str) -> int:
+    """A memory field of ``/proc/self/status`` (given there in kB), in bytes."""
+    return int(re.search(rf"{field}:\s+(\d+) kB", PROC_STATUS.read_text()).group(1)) * 1024
 
 
 def run_forked(threads: int, run: Callable[..., Result], *args) -> Result:
