@@ -22,7 +22,7 @@ from helpers.lessons import train_lesson
 from helpers.paths import DATA_DIR
 from helpers.profiles import Profile, Recipe
 from helpers.templates import Message
-from helpers.train import completion_logprobs, load_model_4bit, sft_config, with_tqdm
+from helpers.train import adapters_in_training_dtype, completion_logprobs, load_model_4bit, sft_config, with_tqdm
 
 # trl 1.16's DPOTrainer still calls the methods transformers 5 renamed to activation_checkpointing_*; theirs to fix.
 warnings.filterwarnings("ignore", message="`gradient_checkpointing_(enable|disable)` is deprecated",
@@ -78,4 +78,5 @@ def make_dpo_trainer(model: PeftModel, tokenizer, pairs: list[dict], args: DPOCo
     """A DPOTrainer on preference pairs; the reference is a frozen copy of the SFT adapter."""
     trainer = DPOTrainer(model=model, args=args, train_dataset=Dataset.from_list(pairs), processing_class=tokenizer,
                          callbacks=list(callbacks))
+    adapters_in_training_dtype(trainer)
     return with_tqdm(trainer)

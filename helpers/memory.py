@@ -7,7 +7,7 @@ pipeline (``load_model_4bit``, then TRL's SFTTrainer with LoRA on the seven proj
   an 8-bit absmax per 64 weights, a fp32 constant per 256 absmax); embeddings, norms, biases and an untied
   ``lm_head`` stay in fp32, because ``prepare_model_for_kbit_training`` casts every non-4-bit parameter to fp32.
   With ``16bit`` / ``32bit`` every parameter has that width.
-- LoRA: ``r * (in + out)`` parameters per projection (bf16: TRL casts them on a quantized model, fp32 otherwise),
+- LoRA: ``r * (in + out)`` parameters per projection (bf16 on a quantized model trained in bf16, fp32 otherwise),
   gradients of the same size, and optimizer states: AdamW keeps 2 states in the parameters' dtype, paged 8-bit
   AdamW 2 bytes per parameter.
 - activations, saved for backward. With checkpointing: every layer's input (``layers * tokens * hidden`` values
@@ -136,8 +136,8 @@ class Settings:
 
     @property
     def lora_bytes(self) -> int:
-        """TRL casts LoRA to bf16 on a quantized model; peft keeps it in fp32 otherwise."""
-        return 2 if self.weights == "nf4" else 4
+        """bf16 on a quantized model trained in bf16 (TRL's cast, kept by ``make_trainer``); fp32 otherwise."""
+        return 2 if self.weights == "nf4" and self.compute_bytes == 2 else 4
 
 
 @dataclass(frozen=True)
