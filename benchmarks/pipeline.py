@@ -9,9 +9,10 @@ Each data set, at the cutoff its original tutorial used, trains the same NF4 + L
 - ``fixed``: every row padded to the cutoff, as the original tutorials did;
 - ``dynamic``: rows padded to the longest row of their batch;
 - ``grouped``: dynamic, with rows of similar length batched together (``group_by_length``);
-- ``padding_free``: the rows of a batch concatenated into one row, ``position_ids`` restarting at 0 for each;
-  transformers turns them into a block-diagonal causal mask, so rows never attend to each other
-  (``tests/test_packing.py`` checks that the loss equals the rows' one-by-one loss).
+- ``padding_free``: the rows of a batch concatenated into one row, ``position_ids`` restarting at 0 for each; the
+  course's ``packed_sdpa`` attention (``helpers/attention.py``) runs causal sdpa on each row's slice, so rows never
+  attend to each other and no work goes to the blocks between them (``tests/test_packing.py`` checks that the loss
+  equals the rows' one-by-one loss).
 
 Real tokens are the rows' own tokens, computed tokens the size of the batches the collator hands to the model;
 tokens/s count only the time inside optimizer steps. ``loss@1`` is the first step's training loss, ``loss@end`` the
@@ -19,13 +20,14 @@ trained adapter's loss on the same rows (``heldout_loss``): pipelines that batch
 The issue's criterion: the course default spends <= 5% of computed tokens on padding and reaches
 >= 0.9 / (1 - padding share of ``fixed``) x the real tokens/s of ``fixed``, for every data set.
 
-The tiny default (about 5 minutes on an otherwise idle 2-core machine) trains 4 rows in two batches of 2 on tang,
-and 2 rows in one batch on huanhuan and nekoqa (one batch: ``grouped`` is not run, it would repeat ``dynamic``).
-Nekoqa's ``fixed`` run (2 x 2048 tokens) alone takes two minutes and peaks near 7.5 GB of RAM.
-Batches stay at 2 rows because on CPU, without a variable-length attention kernel, sdpa computes the whole
-``tokens x tokens`` block-diagonal mask of a packed row: the masked-out blocks cost compute that grows with the
-square of the rows per batch (about +12% step time against dynamic padding at 2 rows of ~350 tokens, measured).
-One step of a few seconds varies by about 15% between runs on this kind of machine.
+The tiny default (about 5 minutes on an otherwise idle 2-core machine) trains each data set in one batch: 8 rows of
+tang, 4 of huanhuan, 2 of nekoqa. With one batch there is nothing to group, so ``grouped`` runs only where a data set
+has several batches (the gpu profile: 64 rows in batches of 4). Nekoqa's ``fixed`` run (2 x 2048 tokens) alone takes
+about 90 seconds and peaks near 8.5 GB of RAM.
+Why one batch of 8 tang rows rather than two of 4: a step has costs that do not grow with its tokens (dequantizing
+the 210 NF4 projections three times, the optimizer, the trainer's bookkeeping), and one step of a few seconds varies
+by about 10% between runs on this kind of machine; at 4 rows per step both are as large as the 25% that padding
+costs tang's ``fixed`` run, and the verdict flipped between identical runs.
 On CPU each run is a forked process, so its peak RSS is its own; on a GPU the peak is the allocator's.
 """
 
@@ -56,7 +58,7 @@ from helpers.train import heldout_loss, load_model_4bit, lora_config, make_train
 
 CUTOFFS = {"tang": 256, "huanhuan": 384, "nekoqa": 2048}  # the original tutorials' cutoff_len / max_seq_length
 # profile -> data set -> (rows, batch size); tiny: < 5 minutes on 2 cores
-SIZES = {"tiny": {"tang": (4, 2), "huanhuan": (2, 2), "nekoqa": (2, 2)}, "gpu": dict.fromkeys(CUTOFFS, (64, 4))}
+SIZES = {"tiny": {"tang": (8, 8), "huanhuan": (4, 4), "nekoqa": (2, 2)}, "gpu": dict.fromkeys(CUTOFFS, (64, 4))}
 PIPELINE_NAMES = ("fixed", "dynamic", "grouped", "padding_free")
 MAX_PADDING = 0.05
 MIN_SPEEDUP_SHARE = 0.9

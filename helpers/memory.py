@@ -15,8 +15,8 @@ pipeline (``load_model_4bit``, then TRL's SFTTrainer with LoRA on the seven proj
   per token (measured with ``torch.autograd.graph.saved_tensors_hooks`` on SmolLM2 in fp32 and bf16):
   the two norm inputs (2h, residual dtype); the LoRA inputs, 5h for q/k/v/gate/up, h for o_proj and i for
   down_proj in LoRA dtype (shared with their source when the dtypes agree); q, k, v and the attention output
-  (2h + 2 kv_heads head_dim, compute dtype; with a mask, i.e. several rows per batch, k and v are repeated to all
-  heads, 4h, and each layer keeps a ``tokens x tokens`` copy of the mask in compute dtype); gate, up and silu(gate)
+  (2h + 2 kv_heads head_dim, compute dtype: ``helpers.attention`` runs causal sdpa on each packed sample, so no
+  layer keeps a mask or k and v repeated to all heads); gate, up and silu(gate)
   (3i, residual dtype: bnb returns its input's dtype); the 7 LoRA A outputs (7r); with LoRA dropout one more copy
   of every LoRA input (7h + i). Both add the head's input (h), the boolean mask (tokens^2 bytes) and rotary cos/sin.
 - transient, the largest short-lived working set: the loss head and, with checkpointing, one recomputed layer
@@ -179,14 +179,13 @@ def layer_activation_bytes(shape: ModelShape, settings: Settings) -> int:
     """Bytes one decoder layer saves for backward for the whole batch (see the module docstring)."""
     h, i, r = shape.hidden_size, shape.intermediate_size, settings.lora_r
     res, comp, lora = settings.residual_bytes, settings.compute_bytes, settings.lora_bytes
-    masked = settings.batch_size > 1  # packed (or padded) rows need a mask; sdpa then repeats k and v
-    kv = shape.num_attention_heads * shape.head_dim if masked else shape.num_key_value_heads * shape.head_dim
+    kv = shape.num_key_value_heads * shape.head_dim  # packed_sdpa: causal sdpa per sample, no mask, no repeated k/v
     lora_inputs = (2 * h * res if lora == res else 5 * h * lora) + (0 if lora == comp else h * lora) + i * lora
     dropout = (7 * h + i) * lora if settings.lora_dropout > 0 else 0
     attention = (2 * h + 2 * kv) * comp + 4 * shape.num_attention_heads  # q, k, v, output; fp32 logsumexp
     mlp = 3 * i * res  # gate, up, silu(gate); their product is down_proj's LoRA input
     per_token = 2 * h * res + 8 + lora_inputs + dropout + attention + mlp + 7 * r * lora
-    return settings.tokens * per_token + (settings.tokens**2 * comp if masked else 0)
+    return settings.tokens * per_token
 
 
 def loss_head_bytes(shape: ModelShape, settings: Settings) -> int:

@@ -23,6 +23,7 @@ from transformers.utils.notebook import NotebookProgressCallback
 from trl import SFTConfig, SFTTrainer
 from trl.trainer.sft_trainer import DataCollatorForLanguageModeling
 
+from helpers.attention import PACKED_SDPA
 from helpers.hardware import compute_dtype, device
 from helpers.profiles import LORA_TARGET_MODULES, Profile, Recipe
 from helpers.templates import IGNORE_INDEX
@@ -90,7 +91,7 @@ def load_model_4bit(model_dir: Path, profile: Profile) -> AutoModelForCausalLM:
     """Load the base model quantized to NF4 and ready for k-bit training."""
     dtype = compute_dtype(profile)
     model = AutoModelForCausalLM.from_pretrained(
-        model_dir, quantization_config=quantization_config(dtype), dtype=dtype,
+        model_dir, quantization_config=quantization_config(dtype), dtype=dtype, attn_implementation=PACKED_SDPA,
         device_map={"": PartialState().local_process_index if device().type == "cuda" else "cpu"},  # DDP: GPU per rank
     )
     # Casts norms to fp32; input grads let activation checkpointing work on a frozen base

@@ -1,7 +1,8 @@
 """Padding-free batches keep their rows apart: the loss of a packed batch is the rows' one-by-one loss.
 
 Everything goes through the course's training path (``sft_config`` -> ``make_trainer`` -> the trainer's collator
-and ``compute_loss``) on the tiny model in float32, so the only differences are the order of float additions.
+and ``compute_loss``, with the course's ``packed_sdpa`` attention) on the tiny model in float32, so the only
+differences are the order of float additions.
 """
 
 from __future__ import annotations
@@ -10,6 +11,7 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM
 
+from helpers.attention import PACKED_SDPA, sample_bounds
 from helpers.data import course_conversations, encode_conversations
 from helpers.profiles import get_profile
 from helpers.templates import IGNORE_INDEX
@@ -29,7 +31,8 @@ def trainer_and_rows(tiny_tokenizer, tmp_path_factory):
     with pytest.warns(UserWarning, match="truncated"):
         rows = [encode_conversations(tiny_tokenizer, [conversation], length)[0]
                 for conversation, length in zip(conversations, ROW_LENGTHS, strict=True)]
-    model = AutoModelForCausalLM.from_pretrained(ensure_tiny_model(), dtype=torch.float32)
+    model = AutoModelForCausalLM.from_pretrained(ensure_tiny_model(), dtype=torch.float32,
+                                                 attn_implementation=PACKED_SDPA)
     args = sft_config(recipe, tmp_path_factory.mktemp("packing"), torch.float32, profile.seed)
     trainer = make_trainer(model, tiny_tokenizer, rows, lora_config(recipe), args)
     trainer.model.eval()
@@ -73,3 +76,9 @@ def test_heldout_loss_matches_padding_free_training_loss(trainer_and_rows):
     trainer, rows, _ = trainer_and_rows
     packed = training_loss(trainer, trainer.data_collator(rows))
     assert relative_difference(heldout_loss(trainer.model, rows), packed) <= RELATIVE_TOLERANCE
+
+
+# Prevents: packed_sdpa cutting a packed row at the wrong place (a sample would see its neighbour, or lose its start).
+def test_sample_bounds_start_where_positions_restart():
+    assert sample_bounds(torch.tensor([[0, 1, 2, 0, 1, 0, 1, 2, 3]])) == [(0, 3), (3, 5), (5, 9)]
+    assert sample_bounds(torch.tensor([[0, 1, 2, 3]])) == [(0, 4)]
