@@ -7,10 +7,18 @@ the attention work is thrown away. ``packed_sdpa_forward`` runs sdpa on each sam
 attention each, which is what FlashAttention-2's variable-length kernel does in a single call.
 
 Everything else (padded batches, generation with a KV cache) goes to transformers' own sdpa unchanged. Load a model
-with ``attn_implementation=PACKED_SDPA`` (``load_model_4bit`` does) to use it.
+with ``attn_implementation=PACKED_SDPA`` (``load_model_4bit`` does) to use it. The sample bounds are computed once
+per batch, not once per layer: on a GPU each computation waits for the device (``.tolist()``).
+
+``fastest_attention()`` picks what ``load_model_4bit`` uses: on a CUDA GPU with the ``flash_attn`` package,
+FlashAttention-2 (its variable-length kernel handles padding-free batches in one call); otherwise ``packed_sdpa``.
+Which is faster on a GPU without ``flash_attn``, ``packed_sdpa`` or plain ``sdpa`` (one masked square), is what
+``benchmarks/gpu_check.py`` measures; until it has, the course keeps ``packed_sdpa``, the one measured faster on CPU.
 """
 
 from __future__ import annotations
+
+import importlib.util
 
 import torch
 from transformers import AttentionInterface
@@ -18,6 +26,24 @@ from transformers.integrations.sdpa_attention import sdpa_attention_forward
 from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
 
 PACKED_SDPA = "packed_sdpa"
+
+
+_last_bounds: list = [None, None, None]  # the position_ids tensor last seen, its version, and its sample bounds
+
+
+def fastest_attention() -> str:
+    """FlashAttention-2 on a CUDA GPU that has the ``flash_attn`` package, else the course's ``packed_sdpa``."""
+    if torch.cuda.is_available() and importlib.util.find_spec("flash_attn") is not None:
+        return "flash_attention_2"
+    return PACKED_SDPA
+
+
+def batch_bounds(position_ids: torch.Tensor) -> list[tuple[int, int]]:
+    """``sample_bounds``, computed once for the tensor that every layer of one forward (and its recompute) gets."""
+    tensor, version, bounds = _last_bounds
+    if tensor is not position_ids or version != position_ids._version:
+        _last_bounds[:] = position_ids, position_ids._version, sample_bounds(position_ids)
+    return _last_bounds[2]
 
 
 def sample_bounds(position_ids: torch.Tensor) -> list[tuple[int, int]]:
@@ -30,7 +56,7 @@ def sample_bounds(position_ids: torch.Tensor) -> list[tuple[int, int]]:
 def packed_sdpa_forward(module, query, key, value, attention_mask, position_ids=None, **kwargs):
     """sdpa on each packed sample separately; any other call is plain sdpa. Shapes: (batch, heads, tokens, dim)."""
     packed = (position_ids is not None and query.shape[0] == 1 and query.shape[2] == key.shape[2] > 1
-              and len(bounds := sample_bounds(position_ids)) > 1)
+              and len(bounds := batch_bounds(position_ids)) > 1)
     if not packed:
         return sdpa_attention_forward(module, query, key, value, attention_mask, **kwargs)
     outputs = [sdpa_attention_forward(module, query[:, :, start:end], key[:, :, start:end], value[:, :, start:end],

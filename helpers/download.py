@@ -17,6 +17,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+from helpers.models import gated_hint, hub_ids, require_chat_template
 from helpers.net import MODELSCOPE_URL, SUGGESTED_MIRROR, hf_endpoint, probe
 from helpers.paths import display_path, is_complete, mark_complete, models_dir
 from helpers.profiles import TINY_MODEL_ID, Profile, get_profile
@@ -128,9 +129,10 @@ def tried_lines(attempts: list[tuple[str, str]]) -> str:
 
 
 def failure_message(model_id: str, attempts: list[tuple[str, str]]) -> str:
+    gated = gated_hint(model_id)
     return (
         f"模型 {model_id} 下载失败。已尝试 / Tried:\n{tried_lines(attempts)}\n"
-        "怎么办 / What to do:\n"
+        "怎么办 / What to do:\n" + (f"{gated}\n" if gated else "") +
         "  1. 检查模型名是否正确（ModelScope 与 Hugging Face 上的名字可能不同）/ check the model name on each hub;\n"
         f"  2. 国内访问 Hugging Face：export HF_ENDPOINT={SUGGESTED_MIRROR} / use the mirror;\n"
         "  3. 在能联网的机器上下载后，把本地文件夹路径传给 download_model / pass a local folder instead;\n"
@@ -143,11 +145,16 @@ def download_model(
     profile: Profile | None = None,
     sources: tuple[Source, ...] = SOURCES,
 ) -> Path:
-    """Return a local folder holding ``model_id`` (default: the profile's model)."""
+    """Return a local folder holding ``model_id`` (default: the profile's model); a chat model, or ModelChoiceError.
+
+    A model of the course's table (``helpers.models``) is asked for by its ModelScope id on ModelScope and by its
+    Hugging Face id on Hugging Face.
+    """
     profile = profile or get_profile()
     model_id = model_id or profile.model_id
     local = Path(model_id).expanduser()
     if local.is_dir():
+        require_chat_template(local, model_id)
         return local
     if profile.is_tiny:
         if model_id == TINY_MODEL_ID:
@@ -159,10 +166,11 @@ def download_model(
             "Pass a local path, or set COURSE_PROFILE=gpu to download."
         )
     target = models_dir() / local_folder_name(model_id)
-    if is_complete(target):
-        return target
-    check_free_space(target.parent)  # the floor; each hub's reported size is checked before its fetch
-    return fetch_first(model_id, target, sources, failure_message)
+    if not is_complete(target):
+        check_free_space(target.parent)  # the floor; each hub's reported size is checked before its fetch
+        fetch_first(model_id, target, sources, failure_message, aliases=hub_ids(model_id))
+    require_chat_template(target, model_id)
+    return target
 
 
 def fetch_first(
@@ -171,8 +179,11 @@ def fetch_first(
     sources: tuple[Source, ...],
     failure: Callable[[str, list[tuple[str, str]]], str],
     verify: Callable[[Path], object] = lambda target: None,
+    aliases: dict[str, str] | None = None,
 ) -> Path:
     """Fetch ``item`` into ``target`` from the first source that answers the probe and passes ``verify``.
+
+    ``aliases``: the name a source knows the item by, by source name, where it is not ``item``.
 
     ``target`` is marked complete only after that; otherwise DownloadError carries ``failure(item, attempts)``.
     """
@@ -183,8 +194,9 @@ def fetch_first(
             attempts.append((source.name, unreachable))
             continue
         try:
-            check_space_for(source, item, target)  # the size query also bounds a hub that connects but hangs
-            source.fetch(item, target)  # resumes whatever an interrupted run left in target
+            name = (aliases or {}).get(source.name, item)
+            check_space_for(source, name, target)  # the size query also bounds a hub that connects but hangs
+            source.fetch(name, target)  # resumes whatever an interrupted run left in target
             verify(target)
         except DownloadError:  # not enough disk space: no other source can help
             raise

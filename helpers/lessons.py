@@ -14,6 +14,7 @@ import torch
 from peft import PeftModel
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
+from helpers.cost import check_fits
 from helpers.data import course_conversations, encode_conversations
 from helpers.download import download_model
 from helpers.evaluate import persona_rate, score, share, stopped_by_itself, verse_form_rate, write_predictions
@@ -36,11 +37,11 @@ LESSONS = ("nekoqa", "tang", "huanhuan")
 
 def adapter_dir(lesson: str, profile: Profile) -> Path:
     """Where a training lesson saves its LoRA adapter: ``outputs/adapters/<lesson>-<profile>``."""
-    return outputs_dir("adapters", f"{lesson}-{profile.name}")
+    return outputs_dir("adapters", f"{lesson}-{profile.run_name}")
 
 
 def checkpoint_dir(lesson: str, profile: Profile) -> Path:
-    return outputs_dir("checkpoints", f"{lesson}-{profile.name}")
+    return outputs_dir("checkpoints", f"{lesson}-{profile.run_name}")
 
 
 def encoded_split(lesson: str, split: str, tokenizer, profile: Profile) -> list[dict[str, list[int]]]:
@@ -71,11 +72,13 @@ def train_lesson(lesson: str, profile: Profile | None = None, force: bool = Fals
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
     train_rows = encoded_split(lesson, "train", tokenizer, profile)
     torch.manual_seed(profile.seed)
+    check_fits(model_dir, lesson, recipe)  # before loading: a run that cannot fit stops here, with what to lower
     model = load_model_4bit(model_dir, profile)
     args = sft_config(recipe, checkpoint_dir(lesson, profile), compute_dtype(profile), profile.seed)
     plot = LossPlot(title=f"{lesson} training loss", live=live_plot)
-    trainer = make_trainer(model, tokenizer, train_rows, lora_config(recipe), args, callbacks=[plot])
-    train(trainer)
+    trainer = make_trainer(model, tokenizer, train_rows, lora_config(recipe, profile.lora_targets), args,
+                           callbacks=[plot])
+    train(trainer, lesson, recipe)
     save_adapter(trainer.model, tokenizer, target)
     return target
 
@@ -134,7 +137,7 @@ def metrics(lesson: str, records: list[dict], loss: float) -> dict[str, float]:
 
 
 def predictions_dir(lesson: str, profile: Profile) -> Path:
-    return outputs_dir("eval", f"{lesson}-{profile.name}")
+    return outputs_dir("eval", f"{lesson}-{profile.run_name}")
 
 
 def evaluate_lesson(lesson: str, profile: Profile | None = None) -> dict[str, dict[str, float]]:

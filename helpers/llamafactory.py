@@ -27,8 +27,9 @@ from pathlib import Path
 import yaml
 
 from helpers.data import course_conversations
+from helpers.models import ALL_LINEAR
 from helpers.paths import REPO_ROOT, display_path
-from helpers.profiles import LORA_TARGET_MODULES, Profile, get_profile
+from helpers.profiles import Profile, get_profile
 from helpers.templates import Message
 
 # (substring of the model's name, LLaMA-Factory template); Qwen3 and others: pass the template yourself.
@@ -120,7 +121,7 @@ def run_dir(lesson: str, profile: Profile) -> Path:
 
 def merge_dir(lesson: str, profile: Profile) -> Path:
     """Where ``llamafactory-cli export`` writes the merged model: next to the adapter, ``<run_dir>-merged``."""
-    return run_dir(lesson, profile).with_name(f"{lesson}-{profile.name}-merged")
+    return run_dir(lesson, profile).with_name(f"{lesson}-{profile.run_name}-merged")
 
 
 def quantized_model(model_path: str) -> dict:
@@ -135,6 +136,11 @@ def to_yaml(header: list[str], sections: dict[str, dict]) -> str:
     for title, values in sections.items():
         blocks.append(f"### {title}\n" + yaml.safe_dump(values, sort_keys=False, allow_unicode=True))
     return "\n\n".join(block.rstrip("\n") for block in blocks) + "\n"
+
+
+def lora_target(profile: Profile) -> str:
+    """LLaMA-Factory's ``lora_target``: the modules joined by commas, or ``all`` for every linear layer."""
+    return "all" if profile.lora_targets == ALL_LINEAR else ",".join(profile.lora_targets)
 
 
 def training_yaml(lesson: str, profile: Profile, model_path: str, dataset_name: str,
@@ -153,7 +159,7 @@ def training_yaml(lesson: str, profile: Profile, model_path: str, dataset_name: 
             "model": quantized_model(model_path),
             "method": {"stage": "sft", "do_train": True, "finetuning_type": "lora", "lora_rank": recipe.lora_r,
                        "lora_alpha": recipe.lora_alpha, "lora_dropout": recipe.lora_dropout,
-                       "lora_target": ",".join(LORA_TARGET_MODULES)},
+                       "lora_target": lora_target(profile)},
             "dataset": {"dataset": dataset_name, "dataset_dir": str(dataset_dir),
                         "template": template or template_for(model_path), "cutoff_len": recipe.cutoff, **samples},
             "output": {"output_dir": str(run_dir(lesson, profile)), "logging_steps": 1,

@@ -39,12 +39,13 @@ import multiprocessing
 import re
 import resource
 from collections.abc import Callable
-from dataclasses import astuple, dataclass, fields, replace
+from dataclasses import astuple, dataclass, replace
 from pathlib import Path
 from typing import TypeVar
 
 import torch
 
+from helpers.models import MODELS, ModelShape
 from helpers.profiles import GPU_RECIPES, Recipe
 
 GIB = 2**30
@@ -60,44 +61,10 @@ PROC_STATUS = Path("/proc/self/status")  # Linux: the process's current (VmRSS) 
 Result = TypeVar("Result")
 
 
-@dataclass(frozen=True)
-class ModelShape:
-    """The numbers of a decoder-only model's config that decide its memory."""
-
-    hidden_size: int
-    intermediate_size: int
-    num_hidden_layers: int
-    num_attention_heads: int
-    num_key_value_heads: int
-    head_dim: int
-    vocab_size: int
-    tie_word_embeddings: bool
-    attention_bias: bool = False  # Qwen2 has biases on q/k/v
-
-    @classmethod
-    def from_config(cls, config) -> ModelShape:
-        """From a transformers config (``AutoConfig.from_pretrained(folder)``) or its dict."""
-        values = config if isinstance(config, dict) else config.to_dict()
-        shape = {f.name: values[f.name] for f in fields(cls) if f.name in values}
-        shape["head_dim"] = values.get("head_dim") or values["hidden_size"] // values["num_attention_heads"]
-        shape.setdefault("attention_bias", values.get("model_type") == "qwen2")
-        return cls(**shape)
-
-    def projections(self) -> list[tuple[int, int]]:
-        """(in, out) features of q, k, v, o, gate, up and down in one layer."""
-        h, i = self.hidden_size, self.intermediate_size
-        q, kv = self.num_attention_heads * self.head_dim, self.num_key_value_heads * self.head_dim
-        return [(h, q), (h, kv), (h, kv), (q, h), (h, i), (h, i), (i, h)]
-
-
-# The real models' config.json numbers, copied from their Hugging Face repositories (no hub access needed here).
+# The course's models (helpers.models), plus a 72B model to show where one 80 GB card ends.
 KNOWN_MODELS: dict[str, ModelShape] = {
-    "Qwen/Qwen2.5-0.5B-Instruct": ModelShape(896, 4864, 24, 14, 2, 64, 151936, True, True),
-    "Qwen/Qwen2.5-1.5B-Instruct": ModelShape(1536, 8960, 28, 12, 2, 128, 151936, True, True),
-    "meta-llama/Llama-3.2-3B-Instruct": ModelShape(3072, 8192, 28, 24, 8, 128, 128256, True),
-    "Qwen/Qwen2.5-7B-Instruct": ModelShape(3584, 18944, 28, 28, 4, 128, 152064, False, True),
+    **{model_id: model.shape for model_id, model in MODELS.items()},
     "Qwen/Qwen2.5-72B-Instruct": ModelShape(8192, 29568, 80, 64, 8, 128, 152064, False, True),
-    "HuggingFaceTB/SmolLM2-135M-Instruct": ModelShape(576, 1536, 30, 9, 3, 64, 49152, True),
 }
 # LoRA on a 4-bit base (the course) against LoRA on a 16-bit base, everything else the same.
 METHODS = {"QLoRA 4-bit": "nf4", "LoRA 16-bit": "16bit"}

@@ -21,7 +21,7 @@ from helpers.profiles import Profile, get_profile
 
 def merged_dir(lesson: str, profile: Profile) -> Path:
     """Where a lesson's merged model is saved: ``outputs/merged/<lesson>-<profile>``."""
-    return outputs_dir("merged", f"{lesson}-{profile.name}")
+    return outputs_dir("merged", f"{lesson}-{profile.run_name}")
 
 
 def merge_adapter(model_dir: Path, adapter: Path, target: Path, dtype: torch.dtype, max_shard_size: str) -> None:

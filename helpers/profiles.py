@@ -3,17 +3,21 @@
 A profile only fixes sizes, names and dtypes; the code path is the same for both.
 Choose one with the environment variable ``COURSE_PROFILE`` (``tiny`` or ``gpu``);
 without it the course picks ``gpu`` when a CUDA GPU is present, else ``tiny``.
+``COURSE_MODEL`` swaps the profile's model (``helpers.models``): its hub ids, LoRA targets and 24 GB batches.
 """
 
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
+import re
+from dataclasses import dataclass, replace
+
+from helpers.models import SEVEN_PROJECTIONS, chosen_model, find_model, lora_targets
 
 PROFILE_ENV = "COURSE_PROFILE"
 TINY_MODEL_ID = "HuggingFaceTB/SmolLM2-135M-Instruct"
-# LoRA goes on all seven projections of each block: attention q/k/v/o and MLP gate/up/down.
-LORA_TARGET_MODULES = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
+GPU_MODEL_ID = "Qwen/Qwen2.5-1.5B-Instruct"
+LORA_TARGET_MODULES = SEVEN_PROJECTIONS  # the course's default models all have the seven projections
 
 
 class ProfileError(ValueError):
@@ -49,10 +53,20 @@ class Profile:
     recipes: dict[str, Recipe]
     max_shard_size: str = "2GB"  # merged models are saved in safetensors shards of this size
     seed: int = 42
+    lora_targets: tuple[str, ...] | str = LORA_TARGET_MODULES  # "all-linear" for a model outside the table
+    default_model_id: str = ""  # the profile's own model; set when COURSE_MODEL replaced it
 
     @property
     def is_tiny(self) -> bool:
         return self.name == "tiny"
+
+    @property
+    def run_name(self) -> str:
+        """Names this profile's outputs: ``gpu``, or ``gpu-qwen2.5-7b-instruct`` when COURSE_MODEL chose the model."""
+        if not self.default_model_id or self.model_id == self.default_model_id:
+            return self.name
+        slug = re.sub(r"[^a-z0-9.]+", "-", self.model_id.rstrip("/").rsplit("/", 1)[-1].lower()).strip("-")
+        return f"{self.name}-{slug}"
 
     def recipe(self, lesson: str) -> Recipe:
         """The training recipe of a lesson: ``nekoqa``, ``tang``, ``huanhuan`` or ``nekoqa_dpo`` (lesson 09)."""
@@ -94,7 +108,7 @@ PROFILES: dict[str, Profile] = {
     ),
     "gpu": Profile(
         name="gpu",
-        model_id="Qwen/Qwen2.5-1.5B-Instruct",
+        model_id=GPU_MODEL_ID,
         compute_dtype="bfloat16",
         max_new_tokens=256,
         recipes=GPU_RECIPES,
@@ -111,8 +125,19 @@ def cuda_available() -> bool:
     return torch.cuda.is_available()
 
 
-def get_profile(name: str | None = None) -> Profile:
-    """Return the named profile, or the one chosen by ``COURSE_PROFILE`` / the hardware."""
+def with_model(profile: Profile, model_id: str) -> Profile:
+    """The profile training ``model_id`` instead: its LoRA targets and, on the gpu profile, its 24 GB batches."""
+    known = find_model(model_id)
+    recipes = dict(profile.recipes)
+    if known and not profile.is_tiny:
+        for lesson, (batch_size, grad_accum) in known.batches.items():
+            recipes[lesson] = replace(recipes[lesson], batch_size=batch_size, grad_accum=grad_accum)
+    return replace(profile, model_id=model_id, recipes=recipes, lora_targets=lora_targets(model_id),
+                   default_model_id=profile.default_model_id or profile.model_id)
+
+
+def get_profile(name: str | None = None, model: str | None = None) -> Profile:
+    """The named profile (default: ``COURSE_PROFILE`` or the hardware) with ``model`` (default: ``COURSE_MODEL``)."""
     name = name or os.environ.get(PROFILE_ENV) or ("gpu" if cuda_available() else "tiny")
     key = name.strip().lower()
     if key not in PROFILES:
@@ -121,4 +146,5 @@ def get_profile(name: str | None = None) -> Profile:
             f"未知的课程配置 {name!r}：请把环境变量 {PROFILE_ENV} 设为 {known} 之一（或删除它）。\n"
             f"Unknown course profile {name!r}: set {PROFILE_ENV} to one of {known} (or unset it)."
         )
-    return PROFILES[key]
+    model = model or chosen_model()
+    return with_model(PROFILES[key], model) if model else PROFILES[key]

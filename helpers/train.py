@@ -23,8 +23,9 @@ from transformers.utils.notebook import NotebookProgressCallback
 from trl import SFTConfig, SFTTrainer
 from trl.trainer.sft_trainer import DataCollatorForLanguageModeling
 
-from helpers.attention import PACKED_SDPA
+from helpers.attention import fastest_attention
 from helpers.hardware import compute_dtype, device
+from helpers.models import ModelShape
 from helpers.profiles import LORA_TARGET_MODULES, Profile, Recipe
 from helpers.templates import IGNORE_INDEX
 
@@ -46,13 +47,16 @@ def quantization_config(dtype: torch.dtype) -> BitsAndBytesConfig:
     )
 
 
-def lora_config(recipe: Recipe) -> LoraConfig:
-    """LoRA on all seven projections of each block (attention q/k/v/o and MLP gate/up/down)."""
+def lora_config(recipe: Recipe, target_modules: tuple[str, ...] | str = LORA_TARGET_MODULES) -> LoraConfig:
+    """LoRA on ``target_modules``: by default all seven projections of each block (q/k/v/o, gate/up/down).
+
+    Pass ``profile.lora_targets``: the table's modules for a known model, ``"all-linear"`` for any other.
+    """
     return LoraConfig(
         r=recipe.lora_r,
         lora_alpha=recipe.lora_alpha,
         lora_dropout=recipe.lora_dropout,
-        target_modules=list(LORA_TARGET_MODULES),
+        target_modules=target_modules if isinstance(target_modules, str) else list(target_modules),
         task_type="CAUSAL_LM",
     )
 
@@ -87,11 +91,12 @@ def sft_config(recipe: Recipe, output_dir: Path, dtype: torch.dtype, seed: int) 
     )
 
 
-def load_model_4bit(model_dir: Path, profile: Profile) -> AutoModelForCausalLM:
-    """Load the base model quantized to NF4 and ready for k-bit training."""
+def load_model_4bit(model_dir: Path, profile: Profile, attn_implementation: str | None = None) -> AutoModelForCausalLM:
+    """Load the base model quantized to NF4 and ready for k-bit training (attention: ``fastest_attention()``)."""
     dtype = compute_dtype(profile)
     model = AutoModelForCausalLM.from_pretrained(
-        model_dir, quantization_config=quantization_config(dtype), dtype=dtype, attn_implementation=PACKED_SDPA,
+        model_dir, quantization_config=quantization_config(dtype), dtype=dtype,
+        attn_implementation=attn_implementation or fastest_attention(),
         device_map={"": PartialState().local_process_index if device().type == "cuda" else "cpu"},  # DDP: GPU per rank
     )
     # Casts norms to fp32; input grads let activation checkpointing work on a frozen base
@@ -247,12 +252,23 @@ def unfinished_checkpoint(output_dir: str | Path, max_steps: int) -> str | None:
     return None
 
 
-def train(trainer: SFTTrainer) -> None:
-    """Train, resuming an interrupted run from its last checkpoint (a finished run trains anew)."""
+def train(trainer: SFTTrainer, lesson: str = "nekoqa", recipe: Recipe | None = None) -> None:
+    """Train, resuming an interrupted run from its last checkpoint (a finished run trains anew).
+
+    A CUDA out-of-memory becomes ``helpers.cost.MemoryFitError``: what to lower for ``lesson``'s ``recipe``, and
+    the last complete checkpoint, from which the next run resumes.
+    """
     resume = unfinished_checkpoint(trainer.args.output_dir, trainer.args.max_steps)
     if resume:
         print(f"从检查点继续训练 / resuming from {Path(resume).name}")
-    trainer.train(resume_from_checkpoint=resume)
+    try:
+        trainer.train(resume_from_checkpoint=resume)
+    except torch.OutOfMemoryError as error:
+        from helpers.cost import out_of_memory_error  # helpers.cost imports the data helpers, which import this
+
+        args = trainer.args
+        checkpoint = unfinished_checkpoint(args.output_dir, args.max_steps)
+        raise out_of_memory_error(lesson, recipe, ModelShape.from_config(trainer.model.config), checkpoint) from error
 
 
 def logged_losses(trainer: SFTTrainer) -> list[float]:

@@ -2,6 +2,7 @@
 
     python scripts/chat_app.py --lesson huanhuan            # http://127.0.0.1:7860
     python scripts/chat_app.py --lesson nekoqa --share      # also a public gradio.live link
+    python scripts/chat_app.py --lesson tang --model Qwen/Qwen2.5-7B-Instruct   # the adapter trained on that model
 
 On AutoDL, open the port through "自定义服务" or an SSH tunnel: ssh -L 7860:127.0.0.1:7860 <your instance>.
 """
@@ -18,6 +19,7 @@ from helpers.chat import gradio_app
 from helpers.data import COURSE_DATASETS
 from helpers.lessons import LESSONS
 from helpers.merge import load_merged
+from helpers.models import MODEL_HELP
 from helpers.profiles import PROFILES, get_profile
 
 
@@ -25,14 +27,15 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description="Chat with a lesson's tuned model / 和微调后的模型聊天")
     parser.add_argument("--lesson", choices=LESSONS, required=True)
     parser.add_argument("--profile", choices=list(PROFILES))
+    parser.add_argument("--model", help=MODEL_HELP)
     parser.add_argument("--host", default="127.0.0.1", help="0.0.0.0 to listen on every interface")
     parser.add_argument("--port", type=int, default=7860)
     parser.add_argument("--share", action="store_true", help="a public gradio.live link")
     args = parser.parse_args(argv)
-    profile = get_profile(args.profile)
+    profile = get_profile(args.profile, model=args.model)
     model, tokenizer = load_merged(args.lesson, profile)
     system = COURSE_DATASETS[args.lesson][2]
-    app = gradio_app(model, tokenizer, system, profile.max_new_tokens, title=f"{args.lesson} ({profile.name})")
+    app = gradio_app(model, tokenizer, system, profile.max_new_tokens, title=f"{args.lesson} ({profile.run_name})")
     app.launch(server_name=args.host, server_port=args.port, share=args.share)
 
 
