@@ -49,6 +49,7 @@ import torch
 import transformers
 from transformers import AutoTokenizer, TrainerCallback
 from transformers.trainer_callback import PrinterCallback, ProgressCallback
+from trl import SFTTrainer
 
 from helpers.data import course_conversations, encode_conversations
 from helpers.download import download_model
@@ -117,6 +118,12 @@ class StepClock(TrainerCallback):
 
 def run_pipeline(model, tokenizer, rows: list[dict], recipe: Recipe, profile: Profile, name: str) -> dict:
     """Train ``model`` on ``rows`` with one pipeline; return its token counts, speed, peak memory and losses."""
+    return measure_pipeline(model, tokenizer, rows, recipe, profile, name)[0]
+
+
+def measure_pipeline(model, tokenizer, rows: list[dict], recipe: Recipe, profile: Profile,
+                     name: str) -> tuple[dict, SFTTrainer]:
+    """``run_pipeline``'s figures, and the trainer (its model carries the trained LoRA layers)."""
     clock = StepClock()
     with tempfile.TemporaryDirectory() as scratch:
         args = sft_config(recipe, Path(scratch), compute_dtype(profile), profile.seed)
@@ -134,7 +141,7 @@ def run_pipeline(model, tokenizer, rows: list[dict], recipe: Recipe, profile: Pr
         "computed_tokens": counter.computed, "padding_share": 1 - counter.real / counter.computed,
         "seconds": clock.seconds, "real_tokens_per_s": counter.real / clock.seconds, "peak_memory_mib": peak / 2**20,
         "first_loss": trainer.state.log_history[0]["loss"], "final_loss": heldout_loss(trainer.model, rows),
-    }
+    }, trainer
 
 
 def make_runner(model_dir: Path, profile: Profile) -> Callable[..., dict]:

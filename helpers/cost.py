@@ -148,8 +148,8 @@ def out_of_memory_error(lesson: str, recipe: Recipe | None, shape: ModelShape,
     )
 
 
-def row_tokens(lesson: str) -> float:
-    """Estimated mean tokens of one training row (a pair for DPO) of the shipped data, from its characters."""
+def row_lengths(lesson: str) -> list[tuple[int, int]]:
+    """Estimated (prompt, reply) tokens of each training row of the shipped data (a pair for DPO), from characters."""
     if lesson == DPO_LESSON:
         from helpers.dpo import load_preferences
 
@@ -158,8 +158,17 @@ def row_tokens(lesson: str) -> float:
         from helpers.data import course_conversations
 
         rows = course_conversations(lesson, "train", profile=get_profile("tiny"))
-    total = sum(len(message["content"]) * TOKENS_PER_CHAR + TOKENS_PER_TURN for row in rows for message in row)
-    return total / len(rows)
+
+    def tokens(messages: list[dict]) -> int:
+        return round(sum(len(message["content"]) * TOKENS_PER_CHAR + TOKENS_PER_TURN for message in messages))
+
+    return [(tokens(row[:-1]), tokens(row[-1:])) for row in rows]
+
+
+def row_tokens(lesson: str) -> float:
+    """Estimated mean tokens of one training row of the shipped data."""
+    lengths = row_lengths(lesson)
+    return sum(prompt + reply for prompt, reply in lengths) / len(lengths)
 
 
 def lesson_cost(lesson: str, model_id: str, card: Card = RTX_4090) -> dict[str, float]:

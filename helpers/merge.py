@@ -14,7 +14,6 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from helpers.download import download_model
 from helpers.hardware import compute_dtype, device
-from helpers.lessons import train_lesson
 from helpers.paths import COMPLETE_MARKER, display_path, is_complete, mark_complete, outputs_dir
 from helpers.profiles import Profile, get_profile
 
@@ -41,6 +40,8 @@ def merge_lesson(lesson: str, profile: Profile | None = None) -> Path:
     if is_complete(target):
         print(f"使用已合并的模型 / reusing merged model {display_path(target)}")
         return target
+    from helpers.lessons import train_lesson  # here: merge_adapter alone needs no data or metrics (gpu_check.py)
+
     adapter = train_lesson(lesson, profile)
     merge_adapter(download_model(profile=profile), adapter, target, compute_dtype(profile), profile.max_shard_size)
     return target

@@ -19,7 +19,6 @@ from transformers import AutoModelForCausalLM, BitsAndBytesConfig, TrainerCallba
 from transformers.trainer import TRAINER_STATE_NAME
 from transformers.trainer_callback import ProgressCallback
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
-from transformers.utils.notebook import NotebookProgressCallback
 from trl import SFTConfig, SFTTrainer
 from trl.trainer.sft_trainer import DataCollatorForLanguageModeling
 
@@ -216,7 +215,9 @@ def adapters_in_training_dtype(trainer) -> None:
 
 def with_tqdm(trainer):
     """Swap the notebook's HTML progress table (which nbval cannot compare) for a tqdm bar."""
-    trainer.remove_callback(NotebookProgressCallback)
+    for callback in list(trainer.callback_handler.callbacks):  # by name: importing its module needs IPython
+        if type(callback).__name__ == "NotebookProgressCallback":
+            trainer.remove_callback(callback)
     if not any(isinstance(cb, ProgressCallback) for cb in trainer.callback_handler.callbacks):
         trainer.add_callback(ProgressCallback)
     return trainer

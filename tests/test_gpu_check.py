@@ -1,0 +1,90 @@
+"""The prepared GPU check (benchmarks/gpu_check.py) cannot rot between the rare sessions that have a GPU."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import torch
+from transformers import AutoModelForCausalLM
+
+import helpers.attention as attention
+from benchmarks.gpu_check import CONFIGS, lesson_rows
+from helpers.models import MODELS, ModelShape
+from helpers.templates import IGNORE_INDEX
+from helpers.tiny_model import ensure_tiny_model
+
+REPO = Path(__file__).resolve().parent.parent
+# Packages the GPU machine does not have (and that are too big to carry as wheels): gpu_check must not import them.
+ABSENT_ON_GPU_MACHINE = ("jieba", "nltk", "rouge_chinese", "IPython", "modelscope", "gguf", "gradio", "matplotlib")
+
+
+# Prevents: a GPU session spending its few minutes on a crash the CPU could have shown (the smoke mode runs it all).
+def test_smoke_run_trains_every_pipeline_and_merges(tmp_path):
+    out = tmp_path / "gpu-smoke.json"
+    done = subprocess.run([sys.executable, "benchmarks/gpu_check.py", "--smoke", "--out", str(out)], cwd=REPO,
+                          capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    report = json.loads(out.read_text(encoding="utf-8"))
+    (model,) = report["models"]
+    runs = {(run["pipeline"], run["attention"]): run for run in model["runs"]}
+    assert {("padding_free", "packed_sdpa"), ("padding_free", "sdpa"), ("fixed", "sdpa")} <= set(runs)
+    for run in runs.values():
+        assert run["steps"] == 1 and run["real_tokens_per_s"] > 0 and run["estimated_mib"] > 0
+    assert runs["padding_free", "packed_sdpa"]["padding_share"] == 0 < runs["fixed", "sdpa"]["padding_share"]
+    assert model["merge"]["shards"] >= 1 and not model["skipped"]
+
+
+# Prevents: the check dying on the GPU machine at import, for a package only the course's own set-up installs.
+def test_gpu_check_imports_nothing_the_gpu_machine_lacks():
+    probe = ("import sys; sys.argv = ['x']; sys.path.insert(0, '.'); import benchmarks.gpu_check; "
+             f"print([m for m in {ABSENT_ON_GPU_MACHINE!r} if m in sys.modules])")
+    done = subprocess.run([sys.executable, "-c", probe], cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert done.stdout.strip().splitlines()[-1] == "[]"
+
+
+# Prevents: measuring a model of another size than the one the course table (and its batches) describe.
+def test_committed_configs_are_the_table_models():
+    for folder in CONFIGS.iterdir():
+        model_id = folder.name.replace("--", "/")
+        assert ModelShape.from_config(folder) == MODELS[model_id].shape, model_id
+
+
+# Prevents: synthetic rows longer than the recipe's cutoff, or with nothing to learn (TRL drops such rows).
+def test_lesson_rows_follow_the_cutoff_and_mask_the_prompt():
+    rows = lesson_rows("tang", 16, cutoff=64, vocab_size=1000)
+    assert len(rows) == 16
+    for row in rows:
+        assert 1 < len(row["input_ids"]) <= 64 and all(3 <= token < 1000 for token in row["input_ids"])
+        learned = [label for label in row["labels"] if label != IGNORE_INDEX]
+        assert learned and learned == row["input_ids"][len(row["input_ids"]) - len(learned):]
+        assert row["labels"][0] == IGNORE_INDEX
+
+
+# Prevents: a device synchronisation in every layer of every step on the GPU (the bounds are needed once per batch).
+def test_packed_attention_finds_sample_bounds_once_per_forward(monkeypatch):
+    calls = []
+    original = attention.sample_bounds
+    monkeypatch.setattr(attention, "sample_bounds", lambda ids: calls.append(1) or original(ids))
+    model = AutoModelForCausalLM.from_pretrained(ensure_tiny_model(), dtype=torch.float32,
+                                                 attn_implementation=attention.PACKED_SDPA)
+    position_ids = torch.tensor([[0, 1, 2, 3, 0, 1, 2, 0, 1, 2, 3, 4]])
+    input_ids = torch.randint(3, 1000, position_ids.shape)
+    with torch.no_grad():
+        model(input_ids=input_ids, position_ids=position_ids)
+        assert len(calls) == 1 < model.config.num_hidden_layers
+        model(input_ids=input_ids, position_ids=position_ids.clone())  # a new batch: new bounds
+    assert len(calls) == 2
+
+
+# Prevents: a GPU with FlashAttention-2 installed training on the slower per-sample loop (or a CPU asking for it).
+def test_fastest_attention_prefers_flash_attention_on_a_gpu_that_has_it(monkeypatch):
+    assert attention.fastest_attention() == attention.PACKED_SDPA  # this machine: no GPU
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(attention.importlib.util, "find_spec", lambda name: object() if name == "flash_attn" else None)
+    assert attention.fastest_attention() == "flash_attention_2"
+    monkeypatch.setattr(attention.importlib.util, "find_spec", lambda name: None)
+    assert attention.fastest_attention() == attention.PACKED_SDPA
