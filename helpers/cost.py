@@ -79,9 +79,10 @@ def advice(shape: ModelShape, lesson: str, recipe: Recipe, capacity: int) -> str
         if estimate(shape, lesson_settings(lesson, replace(recipe, batch_size=1, cutoff=cutoff))).total <= limit:
             lines.append(f"  - 截断长度 / cutoff (max_length) {cutoff}，批大小 / batch 1")
             break
-    smaller = [model.hf_id for model in MODELS.values()
-               if estimate(model.shape, lesson_settings(lesson, recipe)).total <= limit and model.shape != shape
-               and "SmolLM2" not in model.hf_id]
+    smaller = [model.hf_id for model in MODELS.values()  # each with the batches COURSE_MODEL would give it
+               if model.shape != shape and "SmolLM2" not in model.hf_id and estimate(
+                   model.shape, lesson_settings(lesson, get_profile("gpu", model=model.hf_id).recipe(lesson))
+               ).total <= limit]
     if smaller:
         lines.append(f"  - 换小一点的模型 / a smaller model: COURSE_MODEL={smaller[-1]}")
     return "\n".join(lines) or "  - 换一块显存更大的 GPU / use a GPU with more memory"

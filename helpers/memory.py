@@ -46,7 +46,7 @@ from typing import TypeVar
 import torch
 
 from helpers.models import MODELS, ModelShape
-from helpers.profiles import GPU_RECIPES, Recipe
+from helpers.profiles import GPU_RECIPES, Recipe, get_profile
 
 GIB = 2**30
 NF4_BITS_PER_PARAM = 4 + 8 / 64 + 32 / (64 * 256)  # = 4.127
@@ -190,21 +190,23 @@ def estimate(shape: ModelShape, settings: Settings) -> MemoryEstimate:
     )
 
 
-def fit_table(recipe: Recipe | None = None, models: dict[str, ModelShape] | None = None) -> str:
+def fit_table(lesson: str = "nekoqa", models: dict[str, ModelShape] | None = None) -> str:
     """Estimated GPU memory of each model with QLoRA and with 16-bit LoRA, and whether it fits on 24 / 48 / 80 GB.
 
-    ``recipe``: batch size, cutoff, LoRA rank (default: the gpu NekoQA recipe, the course's longest rows).
+    Each model trains ``lesson``'s gpu recipe (default NekoQA, the course's longest rows) with its own 24 GB
+    micro-batch from ``helpers.models``: the same settings as the lessons' cost tables (``helpers.cost``).
     """
-    recipe = recipe or GPU_RECIPES["nekoqa"]
     models = models or {name: shape for name, shape in KNOWN_MODELS.items() if "SmolLM2" not in name}
-    settings = Settings.for_recipe(recipe)
     sizes = "".join(f"{size:>6} GB" for size in GPU_SIZES_GB)
-    lines = [f"{'模型 / model':<34}{'方法 / method':<14}{'GiB':>7}{sizes}"]  # 2 wide characters in each title
+    lines = [f"{'模型 / model':<30}{'批 / batch':>8}  {'方法 / method':<14}{'GiB':>7}{sizes}"]  # 2 wide chars each
     for name, shape in models.items():
+        recipe = get_profile("gpu", model=name).recipe(lesson) if name in MODELS else GPU_RECIPES[lesson]
+        settings = Settings.for_recipe(recipe)
         for method, weights in METHODS.items():
             total = estimate(shape, replace(settings, weights=weights)).total
             fits = "".join(f"{'✓' if total <= size * GIB else '✗':>9}" for size in GPU_SIZES_GB)
-            lines.append(f"{name:<36}{method:<16}{total / GIB:>7.1f}{fits}")
+            batch = f"{recipe.batch_size}x{recipe.grad_accum}"
+            lines.append(f"{name.rsplit('/', 1)[-1]:<32}{batch:>8}  {method:<16}{total / GIB:>7.1f}{fits}")
     return "\n".join(lines)
 
 

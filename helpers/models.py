@@ -92,7 +92,8 @@ class KnownModel:
 
 # Batches keep each recipe's effective batch (nekoqa 8, tang 16, huanhuan 16, nekoqa_dpo 8): the largest micro-batch,
 # at most 8, whose estimated peak (helpers.memory) stays under 75% of 24 GiB, a margin for the estimator's error
-# until a GPU run measures it (benchmarks/gpu_check.py). tests/test_models.py checks every entry.
+# until a GPU run measures it (benchmarks/gpu_check.py). tests/test_models.py checks every entry. SmolLM2 (the tiny
+# model) shares the small models' batches, though it could take more.
 SMALL = {"nekoqa": (8, 1), "tang": (8, 2), "huanhuan": (8, 2), "nekoqa_dpo": (4, 2)}
 LARGE = {"nekoqa": (4, 2), "tang": (8, 2), "huanhuan": (8, 2), "nekoqa_dpo": (2, 4)}
 # Shapes: the models' config.json numbers.
@@ -120,13 +121,20 @@ MODELS: dict[str, KnownModel] = {
 
 
 def find_model(name: str) -> KnownModel | None:
-    """The table's entry for a Hugging Face id, a ModelScope id, a bare name, or a local folder of that name."""
-    wanted = Path(name.strip().rstrip("/")).name.split("--")[-1].lower()  # download_model's folders: org--name
+    """The table's entry for its Hugging Face or ModelScope id, a bare name, or a local folder of that name.
+
+    Another organisation's id (``unsloth/Llama-3.2-3B-Instruct``) is not the table's model: None.
+    """
+    name = name.strip().rstrip("/")
     for model in MODELS.values():
-        ids = {model.hf_id.lower(), model.modelscope_id.lower()}
-        if name.strip().lower() in ids or wanted in {model_id.rsplit("/", 1)[-1].lower() for model_id in ids}:
+        if name.lower() in {model.hf_id.lower(), model.modelscope_id.lower()}:
             return model
-    return None
+    if "/" in name and not Path(name).expanduser().is_dir():
+        return None
+    wanted = Path(name).name.split("--")[-1].lower()  # download_model's folders are named org--name
+    return next((model for model in MODELS.values()
+                 if wanted in {model.hf_id.rsplit("/", 1)[-1].lower(), model.modelscope_id.rsplit("/", 1)[-1].lower()}),
+                None)
 
 
 def chosen_model() -> str | None:

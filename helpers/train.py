@@ -55,7 +55,7 @@ def lora_config(recipe: Recipe, target_modules: tuple[str, ...] | str = LORA_TAR
         r=recipe.lora_r,
         lora_alpha=recipe.lora_alpha,
         lora_dropout=recipe.lora_dropout,
-        target_modules=target_modules if isinstance(target_modules, str) else list(target_modules),
+        target_modules=target_modules,
         task_type="CAUSAL_LM",
     )
 

@@ -21,12 +21,17 @@ REPO = Path(__file__).resolve().parent.parent
 ABSENT_ON_GPU_MACHINE = ("jieba", "nltk", "rouge_chinese", "IPython", "modelscope", "gguf", "gradio", "matplotlib")
 
 
-# Prevents: a GPU session spending its few minutes on a crash the CPU could have shown (the smoke mode runs it all).
-def test_smoke_run_trains_every_pipeline_and_merges(tmp_path):
+# Prevents: a GPU session spending its few minutes on a crash the CPU could have shown (the smoke mode runs it all),
+# or dying at an import of a package only the course's own set-up installs (the same run lists what it imported).
+def test_smoke_run_trains_every_pipeline_merges_and_imports_only_what_the_gpu_machine_has(tmp_path):
     out = tmp_path / "gpu-smoke.json"
-    done = subprocess.run([sys.executable, "benchmarks/gpu_check.py", "--smoke", "--out", str(out)], cwd=REPO,
-                          capture_output=True, text=True, timeout=600)
+    run = ("import atexit, runpy, sys; "
+           f"atexit.register(lambda: print('IMPORTED', [m for m in {ABSENT_ON_GPU_MACHINE!r} if m in sys.modules])); "
+           f"sys.argv = ['gpu_check.py', '--smoke', '--out', {str(out)!r}]; "
+           "runpy.run_path('benchmarks/gpu_check.py', run_name='__main__')")
+    done = subprocess.run([sys.executable, "-c", run], cwd=REPO, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]
+    assert "IMPORTED []" in done.stdout, done.stdout[-500:]
     report = json.loads(out.read_text(encoding="utf-8"))
     (model,) = report["models"]
     runs = {(run["pipeline"], run["attention"]): run for run in model["runs"]}
@@ -35,15 +40,6 @@ def test_smoke_run_trains_every_pipeline_and_merges(tmp_path):
         assert run["steps"] == 1 and run["real_tokens_per_s"] > 0 and run["estimated_mib"] > 0
     assert runs["padding_free", "packed_sdpa"]["padding_share"] == 0 < runs["fixed", "sdpa"]["padding_share"]
     assert model["merge"]["shards"] >= 1 and not model["skipped"]
-
-
-# Prevents: the check dying on the GPU machine at import, for a package only the course's own set-up installs.
-def test_gpu_check_imports_nothing_the_gpu_machine_lacks():
-    probe = ("import sys; sys.argv = ['x']; sys.path.insert(0, '.'); import benchmarks.gpu_check; "
-             f"print([m for m in {ABSENT_ON_GPU_MACHINE!r} if m in sys.modules])")
-    done = subprocess.run([sys.executable, "-c", probe], cwd=REPO, capture_output=True, text=True, timeout=300)
-    assert done.returncode == 0, done.stderr[-3000:]
-    assert done.stdout.strip().splitlines()[-1] == "[]"
 
 
 # Prevents: measuring a model of another size than the one the course table (and its batches) describe.
