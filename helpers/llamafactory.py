@@ -33,7 +33,8 @@ from helpers.profiles import Profile, get_profile
 from helpers.templates import Message
 
 # (substring of the model's name, LLaMA-Factory template); Qwen3 and others: pass the template yourself.
-TEMPLATES = (("qwen2", "qwen"), ("llama-3", "llama3"), ("llama3", "llama3"), ("smollm2", "smollm2"))
+TEMPLATES = (("qwen2", "qwen"), ("llama-3", "llama3"), ("llama3", "llama3"), ("llama-2", "llama2"),
+             ("smollm2", "smollm2"))
 SHAREGPT_TAGS = {"role_tag": "role", "content_tag": "content", "user_tag": "user",
                  "assistant_tag": "assistant", "system_tag": "system"}
 ALPACA_COLUMNS = {"prompt": "instruction", "query": "input", "response": "output",
@@ -103,7 +104,7 @@ def export_dataset(lesson: str, out_dir: str | Path, formatting: str = "alpaca",
 
 
 def template_for(model: str) -> str:
-    """LLaMA-Factory's template for a model id or folder: Qwen2/2.5 qwen, Llama 3 llama3, SmolLM2 smollm2."""
+    """LLaMA-Factory's template for a model id or folder: Qwen2/2.5 qwen, Llama 3 llama3, Llama 2 llama2, SmolLM2."""
     name = Path(model).name.lower()
     for part, template in TEMPLATES:
         if part in name:
@@ -116,7 +117,7 @@ def template_for(model: str) -> str:
 
 def run_dir(lesson: str, profile: Profile) -> Path:
     """Where LLaMA-Factory saves the lesson's adapter: ``outputs/llamafactory/<lesson>-<profile>``."""
-    return REPO_ROOT / "outputs" / "llamafactory" / f"{lesson}-{profile.name}"
+    return REPO_ROOT / "outputs" / "llamafactory" / f"{lesson}-{profile.run_name}"
 
 
 def merge_dir(lesson: str, profile: Profile) -> Path:

@@ -29,7 +29,7 @@ from helpers.cost import (
 from helpers.data import course_conversations, encode_conversations
 from helpers.hardware import compute_dtype
 from helpers.memory import GIB, estimate
-from helpers.models import MODEL_ENV, MODELS
+from helpers.models import MODELS
 from helpers.profiles import GPU_MODEL_ID, TINY_MODEL_ID, get_profile
 from helpers.tiny_model import ensure_tiny_model
 
@@ -42,21 +42,6 @@ BATCH_ADVICE = re.compile(r"per_device_train_batch_size=(\d+), gradient_accumula
 CUTOFF_ADVICE = re.compile(r"cutoff \(max_length\) (\d+)")
 MODEL_ADVICE = re.compile(r"COURSE_MODEL=(\S+)")
 OOM = "CUDA out of memory. Tried to allocate 2.00 GiB"
-
-
-@pytest.fixture(autouse=True)
-def no_chosen_model(monkeypatch):
-    """Each test starts without COURSE_MODEL, whatever the shell running pytest has set."""
-    monkeypatch.delenv(MODEL_ENV, raising=False)
-
-
-@pytest.fixture
-def one_thread():
-    """One torch thread while training: on 2 shared cores (pytest -n 2) two threads spin and run ~10x slower."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 def gpu_recipe(model_id: str, lesson: str):

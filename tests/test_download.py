@@ -19,17 +19,7 @@ GPU = get_profile("gpu")
 MODEL = "Qwen/Qwen2.5-0.5B-Instruct"
 DEAD_PORT = "http://127.0.0.1:9"  # nothing listens on the discard port here: connection refused
 
-
-@pytest.fixture(autouse=True)
-def isolated_cache(tmp_path, monkeypatch):
-    monkeypatch.setenv(CACHE_ENV, str(tmp_path / "cache"))
-    return tmp_path / "cache"
-
-
-@pytest.fixture
-def reachable(monkeypatch):
-    """Every probe succeeds: for tests whose sources are fakes."""
-    monkeypatch.setattr(download, "probe", lambda url: None)
+pytestmark = pytest.mark.usefixtures("isolated_cache")  # downloads never reach the real cache
 
 
 def fake_source(name, calls, fail=None, files=("config.json", "model.safetensors")):

@@ -8,7 +8,7 @@ from helpers import download, hub_data
 from helpers.data import course_conversations
 from helpers.download import DownloadError, Source
 from helpers.hub_data import FULL_DATASETS, download_full_dataset, full_dataset_path
-from helpers.paths import CACHE_ENV, COMPLETE_MARKER
+from helpers.paths import COMPLETE_MARKER
 from helpers.profiles import get_profile
 
 GPU, TINY = get_profile("gpu"), get_profile("tiny")
@@ -16,17 +16,7 @@ DEAD_PORT = "http://127.0.0.1:9"  # nothing listens on the discard port here: co
 ROWS = [{"instruction": f"问题 {i}", "output": f"回答 {i} 喵~"} for i in range(30)]
 ROWS_TEXT = json.dumps(ROWS, ensure_ascii=False)
 
-
-@pytest.fixture(autouse=True)
-def isolated_cache(tmp_path, monkeypatch):
-    monkeypatch.setenv(CACHE_ENV, str(tmp_path / "cache"))
-    return tmp_path / "cache"
-
-
-@pytest.fixture
-def reachable(monkeypatch):
-    """Every probe succeeds: for tests whose sources are fakes."""
-    monkeypatch.setattr(download, "probe", lambda url: None)
+pytestmark = pytest.mark.usefixtures("isolated_cache")  # downloads never reach the real cache
 
 
 def fake_source(name, calls, text=ROWS_TEXT, fail=None):

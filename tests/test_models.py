@@ -9,10 +9,8 @@ import shutil
 from pathlib import Path
 
 import pytest
-import torch
 from transformers import AutoTokenizer
 
-from helpers import download
 from helpers.cost import lesson_settings
 from helpers.data import course_conversations, encode_conversations
 from helpers.download import DownloadError, Source, download_model, local_folder_name
@@ -28,7 +26,6 @@ from helpers.models import (
     gated_hint,
     hub_ids,
 )
-from helpers.paths import CACHE_ENV
 from helpers.profiles import GPU_MODEL_ID, get_profile
 from helpers.tiny_model import ensure_tiny_model
 from helpers.train import load_model_4bit, lora_config, make_trainer, sft_config, train
@@ -37,33 +34,6 @@ LESSONS = ("nekoqa", "tang", "huanhuan", "nekoqa_dpo")
 LLAMA_3B = "meta-llama/Llama-3.2-3B-Instruct"
 QWEN_7B = "Qwen/Qwen2.5-7B-Instruct"
 CHINESE = re.compile(r"[\u4e00-\u9fff]")
-
-
-@pytest.fixture(autouse=True)
-def no_chosen_model(monkeypatch):
-    """Each test starts without COURSE_MODEL, whatever the shell running pytest has set."""
-    monkeypatch.delenv(MODEL_ENV, raising=False)
-
-
-@pytest.fixture
-def one_thread():
-    """One torch thread while training: on 2 shared cores (pytest -n 2) two threads spin and run ~10x slower."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
-@pytest.fixture
-def isolated_cache(tmp_path, monkeypatch):
-    monkeypatch.setenv(CACHE_ENV, str(tmp_path / "cache"))
-    return tmp_path / "cache"
-
-
-@pytest.fixture
-def reachable(monkeypatch):
-    """Every probe succeeds: for tests whose sources are fakes."""
-    monkeypatch.setattr(download, "probe", lambda url: None)
 
 
 def fake_source(name, calls, fail=None, files=None):
@@ -185,15 +155,20 @@ def test_download_asks_each_hub_for_its_own_id(isolated_cache, reachable):
     assert (path / "config.json").is_file()
 
 
+def failed_download(model_id: str, hugging_face_error: str) -> tuple[str, list]:
+    """The DownloadError message when both fake hubs fail, and the calls they saw."""
+    calls = []
+    sources = (fake_source("ModelScope", calls, fail=OSError("not found")),
+               fake_source("Hugging Face", calls, fail=OSError(hugging_face_error)))
+    with pytest.raises(DownloadError) as failure:
+        download_model(model_id, profile=get_profile("gpu"), sources=sources)
+    return str(failure.value), calls
+
+
 # Prevents: a bare "401 Unauthorized" when Hugging Face refuses a gated Llama, with no word of the licence or the
 # ModelScope copy that needs none.
 def test_gated_model_failure_says_how_to_get_it(isolated_cache, reachable):
-    calls = []
-    sources = (fake_source("ModelScope", calls, fail=OSError("not found")),
-               fake_source("Hugging Face", calls, fail=OSError("401 Client Error: gated repo")))
-    with pytest.raises(DownloadError) as failure:
-        download_model(LLAMA_3B, profile=get_profile("gpu"), sources=sources)
-    message = str(failure.value)
+    message, _ = failed_download(LLAMA_3B, "401 Client Error: gated repo")
     assert f"https://huggingface.co/{LLAMA_3B}" in message
     assert "LLM-Research/Llama-3.2-3B-Instruct" in message and "hf auth login" in message
     assert gated_hint(LLAMA_3B) in message
@@ -201,12 +176,7 @@ def test_gated_model_failure_says_how_to_get_it(isolated_cache, reachable):
 
 # Prevents: a licence hint for Qwen (not gated) sending students to a request page that does not exist.
 def test_ungated_model_failure_has_no_licence_hint(isolated_cache, reachable):
-    calls = []
-    sources = (fake_source("ModelScope", calls, fail=OSError("not found")),
-               fake_source("Hugging Face", calls, fail=OSError("timeout")))
-    with pytest.raises(DownloadError) as failure:
-        download_model(QWEN_7B, profile=get_profile("gpu"), sources=sources)
-    message = str(failure.value)
+    message, calls = failed_download(QWEN_7B, "timeout")
     assert gated_hint(QWEN_7B) == ""
     assert "huggingface.co/" not in message and "hf auth login" not in message and "licence" not in message
     assert [name for name, _ in calls] == ["ModelScope", "Hugging Face"]
