@@ -17,6 +17,7 @@ from pathlib import Path
 
 import torch
 
+from helpers.data import course_conversations, load_preferences
 from helpers.memory import GIB, MemoryEstimate, Settings, estimate
 from helpers.models import MODELS, ModelShape, find_model
 from helpers.profiles import GPU_MODEL_ID, Recipe, get_profile
@@ -152,12 +153,8 @@ def out_of_memory_error(lesson: str, recipe: Recipe | None, shape: ModelShape,
 def row_lengths(lesson: str) -> list[tuple[int, int]]:
     """Estimated (prompt, reply) tokens of each training row of the shipped data (a pair for DPO), from characters."""
     if lesson == DPO_LESSON:
-        from helpers.dpo import load_preferences
-
         rows = [pair["prompt"] + pair["chosen"] + pair["rejected"] for pair in load_preferences("train")]
     else:
-        from helpers.data import course_conversations
-
         rows = course_conversations(lesson, "train", profile=get_profile("tiny"))
 
     def tokens(messages: list[dict]) -> int:

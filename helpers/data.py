@@ -26,6 +26,10 @@ COURSE_DATASETS: dict[str, tuple[str, str, str | None]] = {
 }
 
 
+# lesson 09 (DPO): preference pairs written for the course
+PREFERENCE_FILES = {"train": DATA_DIR / "nekoqa" / "dpo_train.json", "eval": DATA_DIR / "nekoqa" / "dpo_eval.json"}
+
+
 class DataError(ValueError):
     """A data file or row the course cannot use; the message names file, row and field."""
 
@@ -280,6 +284,20 @@ def course_conversations(lesson: str, split: str, limit: int | None = None,
         train = load_conversations(train_file(lesson, profile or get_profile()), system)
         conversations = drop_held_out(train, conversations)
     return conversations[:limit] if limit else conversations
+
+
+def load_preferences(split: str, path: Path | None = None) -> list[dict[str, list[Message]]]:
+    """Preference pairs in TRL's conversational format: ``prompt``, ``chosen``, ``rejected`` message lists."""
+    path = path or PREFERENCE_FILES[split]
+    validate(path)  # a clear error naming file, row and field on a broken pair
+    return [
+        {
+            "prompt": [{"role": "user", "content": row["prompt"]}],
+            "chosen": [{"role": "assistant", "content": row["chosen"]}],
+            "rejected": [{"role": "assistant", "content": row["rejected"]}],
+        }
+        for row in read_records(path)
+    ]
 
 
 def validate(path: str | Path) -> str:

@@ -16,35 +16,18 @@ from peft import PeftModel
 from transformers import TrainerCallback, TrainingArguments
 from trl import DPOConfig, DPOTrainer
 
-from helpers.data import encode_conversations, read_records, validate
+from helpers.data import encode_conversations, load_preferences  # noqa: F401 (lesson 09 imports it from here)
 from helpers.download import download_model
 from helpers.lessons import train_lesson
-from helpers.paths import DATA_DIR
 from helpers.profiles import Profile, Recipe
-from helpers.templates import Message
 from helpers.train import adapters_in_training_dtype, completion_logprobs, load_model_4bit, sft_config, with_tqdm
 
 # trl 1.16's DPOTrainer still calls the methods transformers 5 renamed to activation_checkpointing_*; theirs to fix.
 warnings.filterwarnings("ignore", message="`gradient_checkpointing_(enable|disable)` is deprecated",
                         category=FutureWarning)
 
-PREFERENCE_FILES = {"train": DATA_DIR / "nekoqa" / "dpo_train.json", "eval": DATA_DIR / "nekoqa" / "dpo_eval.json"}
 BETA = 0.1  # how far the policy may move from the reference: small beta, bigger moves
 REWARD_KEYS = ("rewards/chosen", "rewards/rejected", "rewards/margins")
-
-
-def load_preferences(split: str, path: Path | None = None) -> list[dict[str, list[Message]]]:
-    """Preference pairs in TRL's conversational format: ``prompt``, ``chosen``, ``rejected`` message lists."""
-    path = path or PREFERENCE_FILES[split]
-    validate(path)  # a clear error naming file, row and field on a broken pair
-    return [
-        {
-            "prompt": [{"role": "user", "content": row["prompt"]}],
-            "chosen": [{"role": "assistant", "content": row["chosen"]}],
-            "rejected": [{"role": "assistant", "content": row["rejected"]}],
-        }
-        for row in read_records(path)
-    ]
 
 
 def preference_accuracy(model, tokenizer, pairs: list[dict], cutoff: int) -> float:

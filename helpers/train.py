@@ -11,6 +11,7 @@ import re
 import warnings
 from pathlib import Path
 
+import bitsandbytes as bnb
 import torch
 from accelerate import PartialState
 from datasets import Dataset
@@ -102,7 +103,21 @@ def load_model_4bit(model_dir: Path, profile: Profile, attn_implementation: str 
     # (without them: "element 0 of tensors does not require grad"). The trainer turns checkpointing on.
     model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=False)
     model.enable_input_require_grads()
+    keep_nf4_layout_for_training(model)
     return model
+
+
+def keep_nf4_layout_for_training(model) -> None:
+    """Stop bitsandbytes repacking NF4 weights for CPU inference, which breaks training afterwards.
+
+    On a CPU with AVX512-BF16, the first forward in eval mode without gradients (``heldout_loss`` before training)
+    rewrites every ``Linear4bit`` weight into a CPU inference layout and leaves it there; the training steps that
+    follow then compute wrong gradients (bitsandbytes 0.50.2: the first step's gradient norm fell from 0.79 to 0.13
+    on the tiny model; ``tests/test_nf4_layout.py``). GPUs never take that path.
+    """
+    for module in model.modules():
+        if isinstance(module, bnb.nn.Linear4bit):
+            module.support_avx512bf16_for_cpu = False
 
 
 def to_dataset(encoded: list[dict[str, list[int]]]) -> Dataset:
