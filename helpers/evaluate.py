@@ -89,6 +89,16 @@ def write_predictions(path: str | Path, records: Iterable[dict]) -> Path:
     return path
 
 
+def write_tang_results(path: str | Path, rows: Iterable[dict], poems: Iterable[str]) -> Path:
+    """The NTU GenAI 2024 HW5 submission file: line N is ``N. <first line><the model's continuation>``."""
+    lines = [f"{number}. {row['input']}{''.join(poem.split())}"  # one poem per line: no spaces or line breaks
+             for number, (row, poem) in enumerate(zip(rows, poems, strict=True), start=1)]
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("\n".join(lines) + "\n", encoding="utf-8", newline="\n")
+    return path
+
+
 def similarity(predict: str, label: str) -> dict[str, float]:
     """One sample as LLaMA-Factory scores it: BLEU-4 over characters, ROUGE F over jieba words, x100, 4 places."""
     hypothesis, reference = " ".join(jieba.cut(predict)), " ".join(jieba.cut(label))

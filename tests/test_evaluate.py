@@ -266,3 +266,18 @@ def test_judge_takes_the_first_score_in_range_and_rejects_replies_without_one(fa
     fake_judge.server.reply = "无法评分"
     with pytest.raises(EvaluateError, match="no score 0-5"):
         judge([RECORD], model="grader", base_url=fake_judge.url)
+
+
+# Prevents: a Tang homework submission the NTU GenAI HW5 grader cannot read (one numbered line per test poem).
+def test_tang_results_file_has_one_numbered_line_per_test_poem(tmp_path):
+    rows = json.loads((DATA_DIR / "tang" / "Tang_testing_data.json").read_text(encoding="utf-8"))
+    poems = [f"第{i}首續寫，\n第二句。" if i % 2 else f" 續寫 {i} " for i in range(len(rows))]
+    path = evaluate.write_tang_results(tmp_path / "results.txt", rows, poems)
+    lines = path.read_text(encoding="utf-8").split("\n")
+    assert lines[-1] == "" and len(lines) - 1 == len(rows) == 15
+    assert lines[0] == f"1. {rows[0]['input']}續寫0"
+    assert lines[1] == f"2. {rows[1]['input']}第1首續寫，第二句。"
+    numbered = zip(range(1, len(rows) + 1), lines[:-1], rows, strict=True)
+    assert all(line.startswith(f"{number}. {row['input']}") for number, line, row in numbered)
+    with pytest.raises(ValueError):
+        evaluate.write_tang_results(tmp_path / "short.txt", rows, poems[:-1])
