@@ -18,7 +18,7 @@ from trl import DPOConfig, DPOTrainer
 
 from helpers.data import encode_conversations, load_preferences  # noqa: F401 (lesson 09 imports it from here)
 from helpers.download import download_model
-from helpers.lessons import train_lesson
+from helpers.lessons import require_adapter
 from helpers.profiles import Profile, Recipe
 from helpers.train import adapters_in_training_dtype, completion_logprobs, load_model_4bit, sft_config, with_tqdm
 
@@ -40,11 +40,11 @@ def preference_accuracy(model, tokenizer, pairs: list[dict], cutoff: int) -> flo
 
 
 def load_policy(lesson: str, profile: Profile) -> PeftModel:
-    """The 4-bit base with the lesson's SFT adapter (trained first if missing), trainable: DPO continues from it.
+    """The 4-bit base with the lesson's SFT adapter (``train_lesson`` it first), trainable: DPO continues from it.
 
     TRL copies this adapter into a frozen "ref" adapter and uses it as the reference model.
     """
-    adapter = train_lesson(lesson, profile)
+    adapter = require_adapter(lesson, profile)
     return PeftModel.from_pretrained(load_model_4bit(download_model(profile=profile), profile), adapter,
                                      is_trainable=True)
 

@@ -14,12 +14,14 @@ import torch
 from peft import PeftModel
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from helpers.cost import check_fits
+from helpers.cost import NOTEBOOKS, check_fits, lesson_cost
 from helpers.data import course_conversations, encode_conversations
 from helpers.download import download_model
 from helpers.evaluate import persona_rate, score, share, stopped_by_itself, verse_form_rate, write_predictions
 from helpers.hardware import compute_dtype, device
-from helpers.paths import COMPLETE_MARKER, display_path, is_complete, mark_complete, outputs_dir
+from helpers.models import find_model
+from helpers.notebook_code import run_saved
+from helpers.paths import display_path, is_complete, outputs_dir
 from helpers.profiles import Profile, get_profile
 from helpers.train import (
     LossPlot,
@@ -51,46 +53,83 @@ def encoded_split(lesson: str, split: str, tokenizer, profile: Profile) -> list[
     return encode_conversations(tokenizer, course_conversations(lesson, split, limit, profile), recipe.cutoff)
 
 
-def save_adapter(model, tokenizer, target: Path) -> None:
-    """Save adapter and tokenizer, then the marker: a folder without it is never reused."""
-    (target / COMPLETE_MARKER).unlink(missing_ok=True)
-    model.save_pretrained(target)
-    tokenizer.save_pretrained(target)
-    mark_complete(target)
+def save_adapter(trainer, tokenizer, target: Path) -> None:
+    """Notebook 03's save cell: drop the marker, save adapter and tokenizer, then write the marker."""
+    run_saved("save", {"trainer": trainer, "tokenizer": tokenizer, "adapter_path": target})
 
 
-def train_lesson(lesson: str, profile: Profile | None = None, force: bool = False, live_plot: bool = True) -> Path:
-    """The adapter of a training lesson: reuse a finished one, else train it exactly as the lesson does."""
+# Measured on the tiny profile, 2 CPU cores (notebooks 03-05, ``train_runtime`` plus loading): about a minute each.
+TINY_TRAINING_TIME = "tiny 配置在 2 核 CPU 上约 1-2 分钟（实测）/ about 1-2 minutes on 2 CPU cores (measured)"
+
+
+class MissingAdapterError(RuntimeError):
+    """A lesson's adapter has not been trained yet; the message says how to train it and how long that takes."""
+
+
+def training_time(lesson: str, profile: Profile) -> str:
+    """How long training ``lesson``'s adapter takes: measured on tiny, the cost table's estimate on a GPU."""
+    if profile.is_tiny:
+        return TINY_TRAINING_TIME
+    if find_model(profile.model_id) is None:
+        return "见第 03 课开头的开销表 / see the cost table at the top of lesson 03"
+    minutes = lesson_cost(lesson, profile.model_id)["seconds"] / 60
+    return f"在 24 GB 显卡上估计约 {minutes:.0f} 分钟 / an estimated {minutes:.0f} minutes on a 24 GB GPU"
+
+
+def require_adapter(lesson: str, profile: Profile) -> Path:
+    """The lesson's finished adapter, or MissingAdapterError: loading never starts a training run silently."""
+    target = adapter_dir(lesson, profile)
+    if is_complete(target):
+        return target
+    number = NOTEBOOKS[lesson]
+    raise MissingAdapterError(
+        f"还没有 {lesson} 的适配器（{display_path(target)}）。先运行第 {number} 课，或在这里运行 "
+        f"train_lesson({lesson!r}, profile)，或在终端里 python scripts/train.py --lesson {lesson}；"
+        f"{training_time(lesson, profile)}。\n"
+        f"No {lesson} adapter yet: run lesson {number}, or train_lesson({lesson!r}, profile), or "
+        f"python scripts/train.py --lesson {lesson}."
+    )
+
+
+def train_lesson(lesson: str, profile: Profile | None = None, force: bool = False,
+                 plot: LossPlot | None = None) -> Path:
+    """The adapter of a training lesson: reuse a finished one, else train it as lesson 03 does (its # @save cells).
+
+    ``force``: train anew even when a finished adapter exists. ``plot``: draws the training and held-out loss.
+    """
     profile = profile or get_profile()
     target = adapter_dir(lesson, profile)
     if is_complete(target) and not force:
         print(f"使用已训练的适配器 / reusing adapter {display_path(target)}")
         return target
-    print(f"没有找到 {lesson} 的适配器，按第 03-05 课的配方训练 / training the {lesson} adapter")
     recipe = profile.recipe(lesson)
+    print(f"训练 {lesson} 的适配器 / training the {lesson} adapter: {recipe.max_steps} 步 steps, "
+          f"{training_time(lesson, profile)}")
     model_dir = download_model(profile=profile)
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
     train_rows = encoded_split(lesson, "train", tokenizer, profile)
-    torch.manual_seed(profile.seed)
+    eval_rows = encoded_split(lesson, "eval", tokenizer, profile)
     check_fits(model_dir, lesson, recipe)  # before loading: a run that cannot fit stops here, with what to lower
+    torch.manual_seed(profile.seed)
     model = load_model_4bit(model_dir, profile)
-    args = sft_config(recipe, checkpoint_dir(lesson, profile), compute_dtype(profile), profile.seed)
-    plot = LossPlot(title=f"{lesson} training loss", live=live_plot)
+    args = sft_config(recipe, checkpoint_dir(lesson, profile), compute_dtype(profile), profile.seed,
+                      eval_steps=max(1, recipe.max_steps // 3))
+    plot = plot or LossPlot(title=lesson, live=False, keys=("loss", "eval_loss"))
     trainer = make_trainer(model, tokenizer, train_rows, lora_config(recipe, profile.lora_targets), args,
-                           callbacks=[plot])
+                           callbacks=[plot], eval_rows=eval_rows)
     train(trainer, lesson, recipe)
-    save_adapter(trainer.model, tokenizer, target)
+    save_adapter(trainer, tokenizer, target)
     return target
 
 
 def load_tuned(lesson: str, profile: Profile | None = None, four_bit: bool = True) -> tuple[PeftModel, object]:
-    """The lesson's adapter (trained first if missing) on its base, and the tokenizer.
+    """The lesson's adapter (``train_lesson`` it first) on its base, and the tokenizer.
 
     ``four_bit=True``: the NF4 base the adapter was trained on. ``False``: a 16-bit base (fp32 on CPU),
     which computes what the merged model computes (lesson 06) and generates much faster on CPU.
     """
     profile = profile or get_profile()
-    adapter = train_lesson(lesson, profile)
+    adapter = require_adapter(lesson, profile)
     model_dir = download_model(profile=profile)
     if four_bit:
         base = load_model_4bit(model_dir, profile)

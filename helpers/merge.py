@@ -34,15 +34,15 @@ def merge_adapter(model_dir: Path, adapter: Path, target: Path, dtype: torch.dty
 
 
 def merge_lesson(lesson: str, profile: Profile | None = None) -> Path:
-    """A lesson's merged model: reuse a finished one, else merge (training the adapter first if needed)."""
+    """A lesson's merged model: reuse a finished one, else merge its adapter (``train_lesson`` it first)."""
     profile = profile or get_profile()
     target = merged_dir(lesson, profile)
     if is_complete(target):
         print(f"使用已合并的模型 / reusing merged model {display_path(target)}")
         return target
-    from helpers.lessons import train_lesson  # here: merge_adapter alone needs no data or metrics (gpu_check.py)
+    from helpers.lessons import require_adapter  # here: merge_adapter alone needs no data or metrics (gpu_check.py)
 
-    adapter = train_lesson(lesson, profile)
+    adapter = require_adapter(lesson, profile)
     merge_adapter(download_model(profile=profile), adapter, target, compute_dtype(profile), profile.max_shard_size)
     return target
 

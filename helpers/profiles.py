@@ -12,7 +12,7 @@ import os
 import re
 from dataclasses import dataclass, replace
 
-from helpers.models import SEVEN_PROJECTIONS, chosen_model, find_model, lora_targets
+from helpers.models import MODEL_ENV, SEVEN_PROJECTIONS, chosen_model, find_model, lora_targets
 
 PROFILE_ENV = "COURSE_PROFILE"
 TINY_MODEL_ID = "HuggingFaceTB/SmolLM2-135M-Instruct"
@@ -148,3 +148,12 @@ def get_profile(name: str | None = None, model: str | None = None) -> Profile:
         )
     model = model or chosen_model()
     return with_model(PROFILES[key], model) if model else PROFILES[key]
+
+
+def use_model(model: str | None = None) -> Profile:
+    """A notebook's first cell: ``model`` (when given) becomes this kernel's COURSE_MODEL; print profile and model."""
+    if model:
+        os.environ[MODEL_ENV] = model  # every helper in this kernel reads it
+    profile = get_profile()
+    print(f"课程配置 profile = {profile.name} | 模型 model = {profile.model_id}")
+    return profile

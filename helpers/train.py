@@ -6,26 +6,23 @@ today the tokenizer is ``processing_class=`` and lengths live in ``SFTConfig(max
 
 from __future__ import annotations
 
-import json
 import re
 import warnings
 from pathlib import Path
 
-import bitsandbytes as bnb
 import torch
 from accelerate import PartialState
 from datasets import Dataset
-from peft import LoraConfig, prepare_model_for_kbit_training
+from peft import LoraConfig, PeftModel
 from transformers import AutoModelForCausalLM, BitsAndBytesConfig, TrainerCallback
-from transformers.trainer import TRAINER_STATE_NAME
 from transformers.trainer_callback import ProgressCallback
-from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 from trl import SFTConfig, SFTTrainer
 from trl.trainer.sft_trainer import DataCollatorForLanguageModeling
 
 from helpers.attention import fastest_attention
 from helpers.hardware import compute_dtype, device
 from helpers.models import ModelShape
+from helpers.notebook_code import run_saved
 from helpers.profiles import LORA_TARGET_MODULES, Profile, Recipe
 from helpers.templates import IGNORE_INDEX
 
@@ -37,87 +34,35 @@ _PAD_LIKE_TRAINING = DataCollatorForLanguageModeling(pad_token_id=0)
 
 
 def quantization_config(dtype: torch.dtype) -> BitsAndBytesConfig:
-    """NF4 weights with double quantization; matmuls run in ``dtype`` (the QLoRA recipe)."""
-    return BitsAndBytesConfig(
-        load_in_4bit=True,
-        bnb_4bit_quant_type="nf4",
-        bnb_4bit_use_double_quant=True,
-        bnb_4bit_compute_dtype=dtype,
-        bnb_4bit_quant_storage=dtype,  # same container dtype as the rest: needed for DeepSpeed ZeRO-3 sharding
-    )
+    """NF4 weights with double quantization; matmuls run in ``dtype`` (the QLoRA recipe): notebook 03's cell."""
+    return run_saved("quantization", {"dtype": dtype})["bnb_config"]
 
 
 def lora_config(recipe: Recipe, target_modules: tuple[str, ...] | str = LORA_TARGET_MODULES) -> LoraConfig:
-    """LoRA on ``target_modules``: by default all seven projections of each block (q/k/v/o, gate/up/down).
+    """LoRA on ``target_modules`` (default: the seven projections; ``profile.lora_targets``): notebook 03's cell."""
+    return run_saved("lora", {"recipe": recipe, "target_modules": target_modules})["lora"]
 
-    Pass ``profile.lora_targets``: the table's modules for a known model, ``"all-linear"`` for any other.
+
+def sft_config(recipe: Recipe, output_dir: Path, dtype: torch.dtype, seed: int,
+               eval_steps: int | None = None) -> SFTConfig:
+    """Trainer settings (padding-free, checkpoints every ``save_steps``, TensorBoard logs): notebook 03's cell.
+
+    ``eval_steps``: the held-out loss every that many steps (the trainer then needs ``eval_rows``); None: no eval.
     """
-    return LoraConfig(
-        r=recipe.lora_r,
-        lora_alpha=recipe.lora_alpha,
-        lora_dropout=recipe.lora_dropout,
-        target_modules=target_modules,
-        task_type="CAUSAL_LM",
-    )
-
-
-def sft_config(recipe: Recipe, output_dir: Path, dtype: torch.dtype, seed: int) -> SFTConfig:
-    """Trainer settings: checkpoints every ``save_steps`` (keep 2) so an interrupted run resumes."""
-    return SFTConfig(
-        output_dir=str(output_dir),
-        # Padding-free: a batch's rows are concatenated into one row whose position_ids restart at 0 for each, so
-        # no compute goes to padding and rows never attend to each other (benchmarks/pipeline.py, test_packing.py).
-        padding_free=True,
-        max_length=None,  # TRL refuses it without packing; encode_conversations already cut rows to recipe.cutoff
-        per_device_train_batch_size=recipe.batch_size,
-        gradient_accumulation_steps=recipe.grad_accum,
-        learning_rate=recipe.learning_rate,
-        lr_scheduler_type="linear",
-        warmup_steps=recipe.warmup_steps,
-        max_steps=recipe.max_steps,
-        logging_steps=1,
-        save_steps=recipe.save_steps,
-        save_total_limit=2,
-        activation_checkpointing=True,  # a.k.a. gradient checkpointing: recompute activations, save memory
-        bf16=dtype is torch.bfloat16,
-        fp16=dtype is torch.float16,
-        use_cpu=not torch.cuda.is_available(),
-        optim="paged_adamw_8bit" if torch.cuda.is_available() else "adamw_torch",
-        report_to="none",
-        seed=seed,
-        data_seed=seed,
-        dataloader_num_workers=0,
-        disable_tqdm=False,
-    )
+    namespace = {"recipe": recipe, "output_dir": output_dir, "dtype": dtype, "seed": seed, "eval_steps": eval_steps}
+    return run_saved("sft_config", namespace)["args"]
 
 
 def load_model_4bit(model_dir: Path, profile: Profile, attn_implementation: str | None = None) -> AutoModelForCausalLM:
-    """Load the base model quantized to NF4 and ready for k-bit training (attention: ``fastest_attention()``)."""
-    dtype = compute_dtype(profile)
-    model = AutoModelForCausalLM.from_pretrained(
-        model_dir, quantization_config=quantization_config(dtype), dtype=dtype,
-        attn_implementation=attn_implementation or fastest_attention(),
-        device_map={"": PartialState().local_process_index if device().type == "cuda" else "cpu"},  # DDP: GPU per rank
-    )
-    # Casts norms to fp32; input grads let activation checkpointing work on a frozen base
-    # (without them: "element 0 of tensors does not require grad"). The trainer turns checkpointing on.
-    model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=False)
-    model.enable_input_require_grads()
-    keep_nf4_layout_for_training(model)
-    return model
+    """The base model quantized to NF4 and ready for k-bit training (attention: ``fastest_attention()``).
 
-
-def keep_nf4_layout_for_training(model) -> None:
-    """Stop bitsandbytes repacking NF4 weights for CPU inference, which breaks training afterwards.
-
-    On a CPU with AVX512-BF16, the first forward in eval mode without gradients (``heldout_loss`` before training)
-    rewrites every ``Linear4bit`` weight into a CPU inference layout and leaves it there; the training steps that
-    follow then compute wrong gradients (bitsandbytes 0.50.2: the first step's gradient norm fell from 0.79 to 0.13
-    on the tiny model; ``tests/test_nf4_layout.py``). GPUs never take that path.
+    Notebook 03's cell, with the device of this process (one GPU per rank under DDP).
     """
-    for module in model.modules():
-        if isinstance(module, bnb.nn.Linear4bit):
-            module.support_avx512bf16_for_cpu = False
+    dtype = compute_dtype(profile)
+    namespace = {"model_dir": model_dir, "dtype": dtype, "bnb_config": quantization_config(dtype),
+                 "attention": attn_implementation or fastest_attention(),
+                 "device_map": {"": PartialState().local_process_index if device().type == "cuda" else "cpu"}}
+    return run_saved("load_4bit", namespace)["model"]
 
 
 def to_dataset(encoded: list[dict[str, list[int]]]) -> Dataset:
@@ -126,29 +71,41 @@ def to_dataset(encoded: list[dict[str, list[int]]]) -> Dataset:
 
 
 class LossPlot(TrainerCallback):
-    """Collects logged values (the training loss by default) and redraws a plot in the notebook as training goes."""
+    """Collects logged values and redraws their plot in the notebook as training goes.
+
+    ``keys``: what to plot, each as logged: ``("loss", "eval_loss")`` draws the training loss and the held-out loss
+    (logged at other steps) side by side; DPO's reward keys are logged together.
+    """
 
     def __init__(self, title: str, live: bool = True, keys: tuple[str, ...] = ("loss",)) -> None:
         self.title, self.live, self.keys = title, live, keys
-        self.steps: list[int] = []
-        self.values: dict[str, list[float]] = {key: [] for key in keys}
+        self.points: dict[str, list[tuple[int, float]]] = {key: [] for key in keys}
         self._handle = None
 
+    @property
+    def steps(self) -> list[int]:
+        """The steps at which the first key was logged."""
+        return [step for step, _ in self.points[self.keys[0]]]
+
+    @property
+    def values(self) -> dict[str, list[float]]:
+        return {key: [value for _, value in points] for key, points in self.points.items()}
+
     def on_log(self, args, state, control, logs=None, **kwargs):
-        if logs and all(key in logs for key in self.keys):
-            self.steps.append(state.global_step)
-            for key in self.keys:
-                self.values[key].append(float(logs[key]))
-            if self.live:
-                self._redraw()
+        logged = [key for key in self.keys if logs and key in logs]
+        for key in logged:
+            self.points[key].append((state.global_step, float(logs[key])))
+        if logged and self.live:
+            self._redraw()
 
     def figure(self):
         import matplotlib.pyplot as plt
 
         fig, ax = plt.subplots(figsize=(6, 3))
-        for key in self.keys:
-            ax.plot(self.steps, self.values[key], marker="o", label=key)
-        ax.set(title=self.title, xlabel="step", ylabel="training loss" if self.keys == ("loss",) else "value")
+        for key, points in self.points.items():
+            if points:
+                ax.plot(*zip(*points, strict=True), marker="o", label=key)
+        ax.set(title=self.title, xlabel="step", ylabel="loss" if all("loss" in key for key in self.keys) else "value")
         if len(self.keys) > 1:
             ax.legend()
         ax.grid(alpha=0.3)
@@ -199,19 +156,12 @@ def check_lora_targets(model, target_modules) -> None:
 
 
 def make_trainer(model, tokenizer, train_rows: list[dict], lora: LoraConfig, args: SFTConfig,
-                 callbacks: list[TrainerCallback] = ()) -> SFTTrainer:
-    """An SFTTrainer with a tqdm progress bar instead of the notebook's HTML table."""
+                 callbacks: list[TrainerCallback] = (), eval_rows: list[dict] | None = None) -> SFTTrainer:
+    """Notebook 03's SFTTrainer cell (LoRA kept in fp32 unless training in bf16), with a tqdm progress bar."""
     check_lora_targets(model, lora.target_modules)
-    trainer = SFTTrainer(
-        model=model,
-        args=args,
-        train_dataset=to_dataset(train_rows),
-        processing_class=tokenizer,
-        peft_config=lora,
-        callbacks=list(callbacks),
-    )
-    adapters_in_training_dtype(trainer)
-    return with_tqdm(trainer)
+    namespace = {"model": model, "tokenizer": tokenizer, "train_rows": train_rows, "eval_rows": eval_rows,
+                 "lora": lora, "args": args, "callbacks": list(callbacks)}
+    return with_tqdm(run_saved("trainer", namespace)["trainer"])
 
 
 def adapters_in_training_dtype(trainer) -> None:
@@ -238,52 +188,25 @@ def with_tqdm(trainer):
     return trainer
 
 
-def checkpoint_step(folder: Path) -> int:
-    """The N of a ``checkpoint-N`` folder."""
-    return int(folder.name.rsplit("-", 1)[-1])
-
-
-def checkpoints(output_dir: str | Path) -> list[Path]:
-    """The ``checkpoint-N`` folders of a run, in step order."""
-    found = Path(output_dir).glob(f"{PREFIX_CHECKPOINT_DIR}-*")
-    return sorted((p for p in found if p.is_dir() and p.name.rsplit("-", 1)[-1].isdigit()), key=checkpoint_step)
-
-
-def checkpoint_is_complete(folder: Path) -> bool:
-    """The Trainer writes trainer_state.json last (after weights, optimizer, scheduler, RNG): readable means done."""
-    try:
-        json.loads((folder / TRAINER_STATE_NAME).read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return False
-    return True
-
-
 def unfinished_checkpoint(output_dir: str | Path, max_steps: int) -> str | None:
     """The last complete checkpoint of an interrupted run, or None when there is none or the run had finished."""
-    for folder in reversed(checkpoints(output_dir)):
-        if checkpoint_is_complete(folder):
-            return str(folder) if checkpoint_step(folder) < max_steps else None
-        print(f"跳过没写完的检查点 {folder.name}（保存时训练被中断）/ "
-              f"skipping {folder.name}: the run stopped while it was being written")
-    return None
+    return run_saved("resume", {})["last_complete_checkpoint"](output_dir, max_steps)
 
 
 def train(trainer: SFTTrainer, lesson: str = "nekoqa", recipe: Recipe | None = None) -> None:
-    """Train, resuming an interrupted run from its last checkpoint (a finished run trains anew).
+    """Notebook 03's training cell: resume an interrupted run from its last complete checkpoint, else start.
 
     A CUDA out-of-memory becomes ``helpers.cost.MemoryFitError``: what to lower for ``lesson``'s ``recipe``, and
     the last complete checkpoint, from which the next run resumes.
     """
-    resume = unfinished_checkpoint(trainer.args.output_dir, trainer.args.max_steps)
-    if resume:
-        print(f"从检查点继续训练 / resuming from {Path(resume).name}")
+    namespace = run_saved("resume", {"trainer": trainer, "args": trainer.args})
     try:
-        trainer.train(resume_from_checkpoint=resume)
+        run_saved("train", namespace)
     except torch.OutOfMemoryError as error:
         from helpers.cost import out_of_memory_error  # helpers.cost imports the data helpers, which import this
 
         args = trainer.args
-        checkpoint = unfinished_checkpoint(args.output_dir, args.max_steps)
+        checkpoint = namespace["last_complete_checkpoint"](args.output_dir, args.max_steps)
         raise out_of_memory_error(lesson, recipe, ModelShape.from_config(trainer.model.config), checkpoint) from error
 
 
@@ -330,3 +253,21 @@ def generate_replies(model, tokenizer, conversations: list[list[dict]], max_new_
     """Greedy replies for a batch of conversations."""
     return tokenizer.batch_decode(generate_ids(model, tokenizer, conversations, max_new_tokens),
                                   skip_special_tokens=True)
+
+
+def base_and_tuned_loss(model: PeftModel, rows: list[dict[str, list[int]]]) -> tuple[float, float]:
+    """Held-out loss of the base (adapter switched off) and of the tuned model, on the same weights."""
+    with model.disable_adapter():
+        base = heldout_loss(model, rows)
+    return base, heldout_loss(model, rows)
+
+
+def print_replies(model: PeftModel, tokenizer, prompts: list[list[dict]], max_new_tokens: int) -> None:
+    """The base's (adapter off) and the tuned model's greedy reply to each prompt, side by side."""
+    tuned = generate_replies(model, tokenizer, prompts, max_new_tokens)
+    with model.disable_adapter():
+        base = generate_replies(model, tokenizer, prompts, max_new_tokens)
+    for prompt, before, after in zip(prompts, base, tuned, strict=True):
+        print("问:", prompt[-1]["content"])
+        print("  基座:", before.strip())
+        print("  微调:", after.strip())
