@@ -13,6 +13,7 @@ from threading import Thread
 from transformers import TextIteratorStreamer
 
 from helpers.templates import Message
+from helpers.train import GREEDY
 
 
 def stream_reply(model, tokenizer, messages: list[Message], max_new_tokens: int, sample: bool = False) -> Iterator[str]:
@@ -20,10 +21,10 @@ def stream_reply(model, tokenizer, messages: list[Message], max_new_tokens: int,
     inputs = tokenizer.apply_chat_template(messages, add_generation_prompt=True, return_tensors="pt",
                                            return_dict=True).to(model.device)
     streamer = TextIteratorStreamer(tokenizer, skip_prompt=True, skip_special_tokens=True)
-    settings = {"temperature": 0.7, "top_p": 0.9} if sample else {}
+    settings = {"do_sample": True, "temperature": 0.7, "top_p": 0.9} if sample else GREEDY
     thread = Thread(target=model.generate, kwargs={
-        **inputs, "streamer": streamer, "max_new_tokens": max_new_tokens, "do_sample": sample,
-        "pad_token_id": tokenizer.pad_token_id, **settings,
+        **inputs, "streamer": streamer, "max_new_tokens": max_new_tokens, "pad_token_id": tokenizer.pad_token_id,
+        **settings,
     })
     thread.start()
     yield from streamer

@@ -237,20 +237,26 @@ def heldout_loss(model, rows: list[dict[str, list[int]]], batch_size: int = 8) -
     return -sum(completion_logprobs(model, rows, batch_size)) / learned
 
 
+# Greedy decoding that keeps a small model out of loops ("我爱你，我爱你，……"): every token already in the text becomes
+# less likely (repetition_penalty > 1), and no run of 6 tokens may appear twice (no_repeat_ngram_size: about 2-3
+# Chinese characters with SmolLM2's tokenizer, up to 6 with Qwen's). The Tang homework's generation settings also
+# block repeated n-grams. Lesson 03 shows and explains them; lesson 07 evaluates with the same ones.
+GREEDY = {"do_sample": False, "repetition_penalty": 1.2, "no_repeat_ngram_size": 6}
+
+
 @torch.no_grad()
 def generate_ids(model, tokenizer, conversations: list[list[dict]], max_new_tokens: int) -> list[list[int]]:
-    """Greedy new-token ids for a batch of conversations (left-padded, so every prompt ends at the same column)."""
+    """New-token ids (``GREEDY`` decoding) for a batch of conversations, left-padded so every prompt ends together."""
     model.eval()
     prompts = [tokenizer.apply_chat_template(c, tokenize=False, add_generation_prompt=True) for c in conversations]
     batch = tokenizer(prompts, return_tensors="pt", padding=True, padding_side="left",
                       add_special_tokens=False).to(model.device)
-    output = model.generate(**batch, max_new_tokens=max_new_tokens, do_sample=False,
-                            pad_token_id=tokenizer.pad_token_id)
+    output = model.generate(**batch, max_new_tokens=max_new_tokens, pad_token_id=tokenizer.pad_token_id, **GREEDY)
     return output[:, batch["input_ids"].shape[1]:].tolist()
 
 
 def generate_replies(model, tokenizer, conversations: list[list[dict]], max_new_tokens: int) -> list[str]:
-    """Greedy replies for a batch of conversations."""
+    """Replies (``GREEDY`` decoding) for a batch of conversations."""
     return tokenizer.batch_decode(generate_ids(model, tokenizer, conversations, max_new_tokens),
                                   skip_special_tokens=True)
 
