@@ -79,7 +79,8 @@ class ChatTemplate:
 
 TEMPLATES: dict[str, ChatTemplate] = {
     "llama2": ChatTemplate("llama2", render_llama2, "</s>", "Llama-2-chat, Chinese-Llama-2"),
-    "llama3": ChatTemplate("llama3", render_llama3, "<|eot_id|>", "Llama-3 / 3.1 / 3.2 Instruct"),
+    # Llama-3.1 / 3.2's own templates add a system block with dates even without a system message (lesson 02)
+    "llama3": ChatTemplate("llama3", render_llama3, "<|eot_id|>", "Llama-3 Instruct; 3.1 / 3.2 add a dated system"),
     "chatml": ChatTemplate("chatml", render_chatml, "<|im_end|>", "Qwen2.5, Qwen3, SmolLM2, Yi"),
 }
 
