@@ -183,7 +183,8 @@ def table(report: dict) -> str:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python benchmarks/gpu_check.py", description=__doc__.split("\n")[0])
     parser.add_argument("--smoke", action="store_true", help="CPU: SmolLM2's shape, one lesson, one step")
-    parser.add_argument("--budget-s", type=float, default=420, help="no new run starts after this many seconds")
+    parser.add_argument("--budget-s", type=float, default=360,
+                        help="no new run (nor the merge, ~2 min for 7B) starts after this many seconds")
     parser.add_argument("--out", type=Path, help="JSON file (default benchmarks/results/gpu-<device>.json)")
     args = parser.parse_args(argv)
     if not args.smoke and not torch.cuda.is_available():
