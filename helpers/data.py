@@ -1,6 +1,12 @@
 """Course data: read JSON / JSON lines, validate rows, turn them into chat messages, encode with a label mask.
 
 Also a command: ``python -m helpers.data validate FILE`` (exit 0 when valid, 1 with the message otherwise).
+
+Every row is checked for role order (after an optional leading system turn, user and assistant alternate from
+the user's, and the assistant has the last turn), as LLaMA-Factory does when it drops invalid rows.
+Leading and trailing whitespace of every message is stripped when rows are read, with one warning per file
+counting the rows changed: a reply such as ``"  喵~\n"`` would otherwise tokenize differently at the
+prompt/reply boundary and could not be located by ``encode_with_label_mask``.
 """
 
 from __future__ import annotations
@@ -13,7 +19,7 @@ from pathlib import Path
 from helpers.messages import warn
 from helpers.paths import DATA_DIR
 from helpers.profiles import Profile, get_profile
-from helpers.templates import IGNORE_INDEX, Message, encode_with_label_mask
+from helpers.templates import IGNORE_INDEX, Message, TemplateError, encode_with_label_mask
 
 HUANHUAN_SYSTEM = (DATA_DIR / "huanhuan" / "system_prompt.txt").read_text(encoding="utf-8").strip()
 TANG_SYSTEM = "You are a helpful assistant and good at writing Tang poem. 你是一個樂於助人的助手且擅長寫唐詩。"
@@ -137,6 +143,24 @@ def _text_field(row: dict, field: str, where: tuple[str, int], required: bool = 
     return value
 
 
+def _pair_problem(pair: object) -> tuple[str, str] | None:
+    """What is wrong with one Alpaca history pair (Chinese, English), naming the turn and its role; None when fine."""
+    if not isinstance(pair, list):
+        return f"实际是 {json_type(pair)}", f"got {json_type(pair)}"
+    if len(pair) < 2:
+        missing = ("问题（用户轮）和回答（助手轮）", "the question (user turn) and the answer (assistant turn)") \
+            if not pair else ("回答（助手轮）", "the answer (assistant turn)")
+        return f"缺少{missing[0]}", f"{missing[1]} is missing"
+    if len(pair) > 2:
+        return (f"有 {len(pair)} 项，多出的部分请拆成新的一对",
+                f"has {len(pair)} items: split the extra ones into a new pair")
+    for item, (zh, en) in zip(pair, (("问题（用户轮）", "the question (user turn)"),
+                                     ("回答（助手轮）", "the answer (assistant turn)")), strict=True):
+        if not isinstance(item, str):
+            return f"{zh}应为字符串，实际是 {json_type(item)}", f"{en} must be a string, got {json_type(item)}"
+    return None
+
+
 def _history(row: dict, where: tuple[str, int]) -> list[list[str]]:
     """The earlier turns of an Alpaca row: a list of [question, answer] string pairs."""
     history = row.get("history", [])
@@ -144,9 +168,10 @@ def _history(row: dict, where: tuple[str, int]) -> list[list[str]]:
         raise _row_error(*where, "history", f"应为列表，实际是 {json_type(history)}；格式 [[\"问\", \"答\"], ...]",
                          f'must be a list, got {json_type(history)}; format [["question", "answer"], ...]')
     for number, pair in enumerate(history, start=1):
-        if not (isinstance(pair, list) and len(pair) == 2 and all(isinstance(t, str) for t in pair)):
-            raise _row_error(*where, "history", f"第 {number} 对应为两个字符串 [\"问\", \"答\"]",
-                             f'pair {number} must be two strings ["question", "answer"]')
+        problem = _pair_problem(pair)
+        if problem:
+            raise _row_error(*where, "history", f"第 {number} 对应为两个字符串 [\"问\", \"答\"]：{problem[0]}",
+                             f'pair {number} must be two strings ["question", "answer"]: {problem[1]}')
     return history
 
 
@@ -166,6 +191,37 @@ def alpaca_to_messages(row: dict, system: str | None = None, where: tuple[str, i
 SHAREGPT_ROLES = {"human": "user", "user": "user", "gpt": "assistant", "assistant": "assistant", "system": "system"}
 
 
+def _check_role_order(tags: list[str], roles: list[str], field: str, where: tuple[str, int]) -> None:
+    """After an optional leading system turn, user and assistant alternate from the user's; the assistant ends.
+
+    ``tags`` are the roles as written in the file (``human``, ``gpt``...), ``roles`` the chat roles they map to.
+    """
+    role_key, user, assistant = ("from", "human", "gpt") if field == "conversations" else ("role", "user", "assistant")
+    article = "an" if assistant == "assistant" else "a"
+    names = {"user": (f"用户（{user}）", f"a {user!r}"),
+             "assistant": (f"助手（{assistant}）", f"{article} {assistant!r}")}
+    rule_zh = "规则：可选的第 1 轮 system 之后，用户与助手严格交替，从用户开始，以助手回复结束"
+    rule_en = "after an optional first system turn, user and assistant must alternate, starting with the user " \
+              "and ending with the assistant's reply"
+    first = 2 if roles[0] == "system" else 1
+    for number, (tag, role) in enumerate(zip(tags, roles, strict=True), start=1):
+        turn = f"turn {number} ({role_key} {tag!r})"
+        if role == "system" and number == 1:
+            continue
+        if role == "system":
+            raise _row_error(*where, field, f"第 {number} 轮是 {tag!r}：system 只能是第 1 轮（{rule_zh}）",
+                             f"{turn}: a system turn may only be the first turn ({rule_en})")
+        expected = "user" if (number - first) % 2 == 0 else "assistant"
+        if role != expected:
+            raise _row_error(*where, field, f"第 {number} 轮应是{names[expected][0]}，实际是 {tag!r}（{rule_zh}）",
+                             f"{turn} should be {names[expected][1]} turn ({rule_en})")
+    if roles[-1] != "assistant":
+        raise _row_error(*where, field, f"最后一轮（第 {len(tags)} 轮，{tags[-1]!r}）是用户提问，没有回复："
+                                        "请补上助手回复或删掉这一轮",
+                         f"the last turn (turn {len(tags)}, {role_key} {tags[-1]!r}) is the user's and has no reply: "
+                         f"add the {assistant!r} reply or remove that turn")
+
+
 def sharegpt_to_messages(row: dict, where: tuple[str, int] = ("<row>", 0)) -> list[Message]:
     """ShareGPT (``conversations: [{from, value}]``) or OpenAI-style (``messages: [{role, content}]``) row."""
     field, role_key, text_key = ("conversations", "from", "value") if "conversations" in row else (
@@ -174,7 +230,7 @@ def sharegpt_to_messages(row: dict, where: tuple[str, int] = ("<row>", 0)) -> li
     if not isinstance(turns, list) or not turns:
         raise _row_error(*where, field, "应为非空的对话列表：至少放入一问一答",
                          "must be a non-empty list of turns: put in at least a question and its reply")
-    messages = []
+    messages, tags = [], []
     for number, turn in enumerate(turns, start=1):
         role = SHAREGPT_ROLES.get(turn.get(role_key)) if isinstance(turn, dict) else None
         if role is None or not isinstance(turn.get(text_key), str):
@@ -182,25 +238,52 @@ def sharegpt_to_messages(row: dict, where: tuple[str, int] = ("<row>", 0)) -> li
             raise _row_error(*where, field, f"第 {number} 轮需要 {role_key}（{known} 之一）与字符串 {text_key}",
                              f"turn {number} needs a {role_key!r} (one of {known}) and a string {text_key!r}")
         messages.append({"role": role, "content": turn[text_key]})
+        tags.append(turn[role_key])
     if not any(m["role"] == "assistant" for m in messages):
         raise _row_error(*where, field, "没有助手（gpt/assistant）回复，模型无从学习：请补上回复",
                          "has no gpt/assistant reply, so there is nothing to learn: add the reply")
+    _check_role_order(tags, [m["role"] for m in messages], field, where)
     return messages
 
 
-def to_messages(row: dict, system: str | None = None, where: tuple[str, int] = ("<row>", 0)) -> list[Message]:
-    """Any supported row format -> chat messages."""
+def _unstripped_messages(row: dict, system: str | None, where: tuple[str, int]) -> list[Message]:
     if "conversations" in row or "messages" in row:
         return sharegpt_to_messages(row, where)
     return alpaca_to_messages(row, system, where)
 
 
+def strip_contents(messages: list[Message]) -> list[Message]:
+    """The messages with leading and trailing whitespace (spaces, newlines) removed from every content."""
+    return [{**message, "content": message["content"].strip()} for message in messages]
+
+
+def to_messages(row: dict, system: str | None = None, where: tuple[str, int] = ("<row>", 0)) -> list[Message]:
+    """Any supported row format -> chat messages, each content stripped of leading and trailing whitespace."""
+    return strip_contents(_unstripped_messages(row, system, where))
+
+
 def load_conversations(path: str | Path, system: str | None = None) -> list[list[Message]]:
     """Read and validate a file; every row becomes a conversation, or a DataError names the bad row."""
-    records = read_records(path)
-    conversations = [to_messages(row, system, (str(path), i)) for i, row in enumerate(records, start=1)]
+    numbered = [(i, _unstripped_messages(row, system, (str(path), i)))
+                for i, row in enumerate(read_records(path), start=1)]
+    warn_whitespace(path, numbered)
+    conversations = [strip_contents(messages) for _, messages in numbered]
     warn_duplicates(path, conversations)
     return conversations
+
+
+def warn_whitespace(path: str | Path, numbered: list[tuple[int, list[Message]]]) -> None:
+    """Warn once for the file, counting rows and naming the first turn, when contents have outer whitespace."""
+    padded = [(row, turn, message["role"]) for row, messages in numbered
+              for turn, message in enumerate(messages, start=1) if message["content"] != message["content"].strip()]
+    if padded:
+        (row, turn, role), count = padded[0], len({row for row, *_ in padded})
+        warn(
+            f"{path}: {count} 条的内容首尾有空格或换行（例如第 {row} 条第 {turn} 轮 {role}），读取时已去掉；"
+            "否则回复开头的空白会与提示词末尾合并成不同的 token。\n"
+            f"{path}: {count} rows had leading/trailing spaces or newlines (e.g. row {row}, turn {turn}, {role}); "
+            "stripped when reading, as they tokenize differently at the prompt/reply boundary."
+        )
 
 
 def warn_duplicates(path: str | Path, rows: list) -> None:
@@ -247,8 +330,12 @@ def truncate(input_ids: list[int], labels: list[int], cutoff: int) -> tuple[list
 def encode_conversations(tokenizer, conversations: list[list[Message]], cutoff: int) -> list[dict[str, list[int]]]:
     """Encode every conversation with the label mask, truncating to ``cutoff`` (with a warning count)."""
     encoded, truncated = [], 0
-    for messages in conversations:
-        sample = encode_with_label_mask(tokenizer, messages)
+    for number, messages in enumerate(conversations, start=1):
+        try:
+            sample = encode_with_label_mask(tokenizer, messages)
+        except TemplateError as error:  # name the conversation: the template's message names only the turn
+            zh, _, en = str(error).partition("\n")
+            raise TemplateError(f"第 {number} 条对话：{zh}\nconversation {number}: {en}") from None
         if len(sample["input_ids"]) > cutoff:
             truncated += 1
         ids, labels = truncate(sample["input_ids"], sample["labels"], cutoff)
@@ -305,6 +392,7 @@ def validate(path: str | Path) -> str:
     records = read_records(path)
     # A test file has prompts only; in any other file a row without its reply is a mistake.
     prompts_only = not any(key in row for row in records for key in ("output", "conversations", "messages", "chosen"))
+    chats = []
     for i, row in enumerate(records, start=1):
         if "chosen" in row:  # a preference pair for DPO (lesson 09): prompt, chosen, rejected
             for field in ("prompt", "chosen", "rejected"):
@@ -313,7 +401,8 @@ def validate(path: str | Path) -> str:
         if prompts_only:
             _text_field(row, "instruction", (str(path), i))
             continue
-        to_messages(row, None, (str(path), i))
+        chats.append((i, _unstripped_messages(row, None, (str(path), i))))
+    warn_whitespace(path, chats)
     warn_duplicates(path, records)
     return f"{path}: {len(records)} 行全部有效 / all {len(records)} rows valid"
 

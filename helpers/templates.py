@@ -101,6 +101,52 @@ def _template_ids(tokenizer, messages: list[Message], add_generation_prompt: boo
     return list(encoded["input_ids"])
 
 
+def _assistant_labels(tokenizer, messages: list[Message], input_ids: list[int]) -> list[int] | None:
+    """Labels that learn every assistant turn of ``input_ids``; None when a turn's prompt is not a prefix of them."""
+    labels = [IGNORE_INDEX] * len(input_ids)
+    for i, message in enumerate(messages):
+        if message["role"] != "assistant":
+            continue
+        prompt = _template_ids(tokenizer, messages[:i], add_generation_prompt=True)
+        through_reply = _template_ids(tokenizer, messages[: i + 1])
+        start, end = len(prompt), len(through_reply)
+        if input_ids[:start] != prompt or input_ids[:end] != through_reply:
+            return None
+        labels[start:end] = input_ids[start:end]
+    return labels
+
+
+def _edges(text: str) -> tuple[str, str]:
+    """The outer whitespace of ``text`` in Chinese and English, e.g. ``starts with '  ', ends with '\\n'``."""
+    if not text.strip():
+        return f"只有空白 {text!r}", f"is only whitespace {text!r}"
+    lead, trail = text[: len(text) - len(text.lstrip())], text[len(text.rstrip()):]
+    zh = [f"开头有 {lead!r}"] * bool(lead) + [f"结尾有 {trail!r}"] * bool(trail)
+    en = [f"starts with {lead!r}"] * bool(lead) + [f"ends with {trail!r}"] * bool(trail)
+    return "、".join(zh), ", ".join(en)
+
+
+def _unlocated_reply_error(tokenizer, messages: list[Message]) -> TemplateError:
+    """Why the replies cannot be located: outer whitespace when stripping it fixes that, else the template."""
+    padded = [(number, m) for number, m in enumerate(messages, start=1) if m["content"] != m["content"].strip()]
+    if padded:
+        stripped = [{**m, "content": m["content"].strip()} for m in messages]
+        if _assistant_labels(tokenizer, stripped, _template_ids(tokenizer, stripped)) is not None:
+            turns_zh = "；".join(f"第 {n} 轮 {m['role']} {_edges(m['content'])[0]}" for n, m in padded)
+            turns_en = "; ".join(f"turn {n} ({m['role']}) {_edges(m['content'])[1]}" for n, m in padded)
+            return TemplateError(
+                f"消息内容首尾有空格或换行（{turns_zh}），回复开头与提示词末尾合并成了不同的 token，无法定位回复："
+                "请对每条内容 .strip()（helpers.data 读取文件时会自动去掉）。\n"
+                f"Leading/trailing whitespace in the messages ({turns_en}) tokenizes differently at the "
+                "prompt/reply boundary, so the reply cannot be located: strip every content "
+                "(helpers.data's loaders do so when reading a file)."
+            )
+    return TemplateError(
+        "这个模型的对话模板在多轮对话中会改写前文（例如删除思考过程），无法按轮次定位回复。\n"
+        "This chat template rewrites earlier turns, so replies cannot be located turn by turn."
+    )
+
+
 def encode_with_label_mask(tokenizer, messages: list[Message]) -> dict[str, list[int]]:
     """Encode a conversation with the model's own template; learn every assistant turn, mask the rest.
 
@@ -114,19 +160,9 @@ def encode_with_label_mask(tokenizer, messages: list[Message]) -> dict[str, list
             "The conversation has no assistant turn: every label would be -100 and nothing would be learned."
         )
     input_ids = _template_ids(tokenizer, messages)
-    labels = [IGNORE_INDEX] * len(input_ids)
-    for i, message in enumerate(messages):
-        if message["role"] != "assistant":
-            continue
-        prompt = _template_ids(tokenizer, messages[:i], add_generation_prompt=True)
-        through_reply = _template_ids(tokenizer, messages[: i + 1])
-        start, end = len(prompt), len(through_reply)
-        if input_ids[:start] != prompt or input_ids[:end] != through_reply:
-            raise TemplateError(
-                "这个模型的对话模板在多轮对话中会改写前文（例如删除思考过程），无法按轮次定位回复。\n"
-                "This chat template rewrites earlier turns, so replies cannot be located turn by turn."
-            )
-        labels[start:end] = input_ids[start:end]
+    labels = _assistant_labels(tokenizer, messages, input_ids)
+    if labels is None:
+        raise _unlocated_reply_error(tokenizer, messages)
     return {"input_ids": input_ids, "attention_mask": [1] * len(input_ids), "labels": labels}
 
 

@@ -129,6 +129,27 @@ BAD_FILES = [
     ("sharegpt-empty", '[{"conversations": []}]', "field 'conversations': must be a non-empty list"),
     ("sharegpt-role", '[{"conversations": [{"from": "bot", "value": "hi"}]}]', "turn 1 needs a 'from' (one of"),
     ("sharegpt-no-reply", '[{"conversations": [{"from": "human", "value": "hi"}]}]', "has no gpt/assistant reply"),
+    # Role order (issue 15): LLaMA-Factory drops these rows; the course names row, turn and role instead.
+    ("sharegpt-two-gpt", '[{"conversations": [{"from": "gpt", "value": "a"}, {"from": "gpt", "value": "b"}]}]',
+     "row 1, field 'conversations': turn 1 (from 'gpt') should be a 'human' turn"),
+    ("messages-end-with-user", '[' + ROW + ', {"messages": [{"role": "user", "content": "q"}, '
+     '{"role": "assistant", "content": "a"}, {"role": "user", "content": "q2"}]}]',
+     "row 2, field 'messages': the last turn (turn 3, role 'user') is the user's and has no reply"),
+    ("messages-start-with-assistant", '[{"messages": [{"role": "assistant", "content": "a"}, '
+     '{"role": "user", "content": "q"}, {"role": "assistant", "content": "a2"}]}]',
+     "row 1, field 'messages': turn 1 (role 'assistant') should be a 'user' turn"),
+    ("messages-two-users", '[{"messages": [{"role": "system", "content": "s"}, {"role": "user", "content": "q"}, '
+     '{"role": "user", "content": "q2"}, {"role": "assistant", "content": "a"}]}]',
+     "row 1, field 'messages': turn 3 (role 'user') should be an 'assistant' turn"),
+    ("messages-system-in-middle", '[{"messages": [{"role": "user", "content": "q"}, '
+     '{"role": "system", "content": "s"}, {"role": "assistant", "content": "a"}]}]',
+     "row 1, field 'messages': turn 2 (role 'system'): a system turn may only be the first turn"),
+    ("history-missing-answer", '[' + ROW + ', {"instruction": "a", "output": "b", "history": [["q", "a"], ["x"]]}]',
+     "row 2, field 'history': pair 2 must be two strings [\"question\", \"answer\"]: "
+     "the answer (assistant turn) is missing"),
+    ("history-number-answer", '[{"instruction": "a", "output": "b", "history": [["q", 3]]}]',
+     "row 1, field 'history': pair 1 must be two strings [\"question\", \"answer\"]: "
+     "the answer (assistant turn) must be a string, got number"),
 ]
 
 
@@ -188,6 +209,67 @@ def test_validate_command_passes_on_shipped_files_and_fails_on_a_broken_one(tmp_
     bad = subprocess.run([sys.executable, "-m", "helpers.data", "validate", str(broken)],
                          capture_output=True, text=True)
     assert bad.returncode == 1 and "broken.json" in bad.stderr and "line" in bad.stderr
+
+
+def test_validate_command_rejects_a_broken_role_order_without_a_traceback(tmp_path):
+    # Prevents: `validate` passing a ShareGPT file whose rows LLaMA-Factory drops (two gpt turns, no human).
+    rows = [{"conversations": [{"from": "human", "value": "hi"}, {"from": "gpt", "value": "喵"}]},
+            {"conversations": [{"from": "gpt", "value": "喵"}, {"from": "gpt", "value": "喵喵"}]}]
+    path = write(tmp_path, "roles.json", json.dumps(rows, ensure_ascii=False))
+    bad = subprocess.run([sys.executable, "-m", "helpers.data", "validate", str(path)], capture_output=True, text=True)
+    assert bad.returncode == 1 and "Traceback" not in bad.stderr
+    zh, en = bad.stderr.strip().split("\n")
+    assert f"{path} 第 2 条，字段 'conversations'：第 1 轮应是用户（human）" in zh
+    assert f"{path} row 2, field 'conversations': turn 1 (from 'gpt') should be a 'human' turn" in en
+
+
+VALID_MULTI_TURN = {
+    "sharegpt": {"conversations": [{"from": "system", "value": "猫娘"}, {"from": "human", "value": "你好"},
+                                   {"from": "gpt", "value": "主人好喵"}, {"from": "human", "value": "吃什么"},
+                                   {"from": "gpt", "value": "小鱼干"}]},
+    "openai": {"messages": [{"role": "system", "content": "猫娘"}, {"role": "user", "content": "你好"},
+                            {"role": "assistant", "content": "主人好喵"}, {"role": "user", "content": "吃什么"},
+                            {"role": "assistant", "content": "小鱼干"}]},
+    "alpaca": {"system": "猫娘", "history": [["你好", "主人好喵"]], "instruction": "吃什么", "output": "小鱼干"},
+}
+
+
+@pytest.mark.parametrize("schema", VALID_MULTI_TURN)
+def test_valid_multi_turn_rows_pass_in_each_schema(tmp_path, schema):
+    # Prevents: the role-order check rejecting good multi-turn data (with and without a system turn).
+    row = VALID_MULTI_TURN[schema]
+    without_system = json.loads(json.dumps(row))
+    for turns in (without_system.get("conversations"), without_system.get("messages")):
+        if turns:
+            turns.pop(0)
+    without_system.pop("system", None)
+    path = write(tmp_path, f"{schema}.json", json.dumps([row, without_system], ensure_ascii=False))
+    assert main(["validate", str(path)]) == 0
+    with_system, plain = load_conversations(path)
+    assert [m["role"] for m in with_system] == ["system", "user", "assistant", "user", "assistant"]
+    assert [m["content"] for m in with_system] == ["猫娘", "你好", "主人好喵", "吃什么", "小鱼干"]
+    assert plain == with_system[1:]
+
+
+def test_outer_whitespace_is_stripped_with_one_warning_per_file(tmp_path, tiny_tokenizer):
+    # Prevents: a scraped reply like "  喵~\n" failing with "this chat template rewrites earlier turns".
+    rows = [{"instruction": "你是谁", "output": "  喵~\n"}, {"instruction": "早上好", "output": "早喵"},
+            {"conversations": [{"from": "human", "value": " 饿了\n"}, {"from": "gpt", "value": "吃小鱼干\n\n"}]}]
+    path = write(tmp_path, "padded.json", json.dumps(rows, ensure_ascii=False))
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        conversations = load_conversations(path)
+    (warning,) = caught  # one warning for the file, not one per row or turn
+    assert issubclass(warning.category, CourseWarning)
+    zh, en = str(warning.message).split("\n")
+    assert f"{path}: 2 条的内容首尾有空格或换行（例如第 1 条第 2 轮 assistant）" in zh
+    assert f"{path}: 2 rows had leading/trailing spaces or newlines (e.g. row 1, turn 2, assistant)" in en
+    assert conversations[0][-1]["content"] == "喵~" and conversations[2][0]["content"] == "饿了"
+    encoded = encode_conversations(tiny_tokenizer, conversations, 10_000)
+    learned = [tiny_tokenizer.decode([t for t in row["labels"] if t != IGNORE_INDEX]) for row in encoded]
+    assert learned == ["喵~<|im_end|>\n", "早喵<|im_end|>\n", "吃小鱼干<|im_end|>\n"]
+    with pytest.warns(CourseWarning, match="2 rows had leading/trailing spaces"):
+        assert main(["validate", str(path)]) == 0
 
 
 def test_shipped_sets_have_enough_rows_and_disjoint_splits():

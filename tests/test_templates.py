@@ -1,5 +1,6 @@
 import pytest
 
+from helpers.data import encode_conversations
 from helpers.templates import (
     IGNORE_INDEX,
     TemplateError,
@@ -72,3 +73,32 @@ def test_mask_text_view_marks_learned_runs(tiny_tokenizer):
     encoded = encode_with_label_mask(tiny_tokenizer, [SYSTEM, *TURNS[:2]])
     lines = label_mask_text(tiny_tokenizer, encoded["input_ids"], encoded["labels"]).splitlines()
     assert len(lines) == 2 and lines[0].startswith("[忽略") and lines[1].startswith("[学习")
+
+
+PADDED = [TURNS[0], {"role": "assistant", "content": "  主人好喵~\n"}]
+
+
+def test_padded_reply_is_named_not_blamed_on_the_template(tiny_tokenizer):
+    # Prevents: "this chat template rewrites earlier turns" when the real cause is "  reply\n" in the caller's data.
+    with pytest.raises(TemplateError) as failure:
+        encode_with_label_mask(tiny_tokenizer, PADDED)
+    zh, en = str(failure.value).split("\n")
+    assert "第 2 轮 assistant 开头有 '  '、结尾有 '\\n'" in zh
+    assert "Leading/trailing whitespace in the messages (turn 2 (assistant) starts with '  ', ends with '\\n')" in en
+    assert "rewrites" not in en
+    with pytest.raises(TemplateError, match=r"conversation 2: Leading/trailing whitespace .*turn 2 \(assistant\)"):
+        encode_conversations(tiny_tokenizer, [TURNS[:2], PADDED], 10_000)
+
+
+def test_a_template_that_rewrites_earlier_turns_is_still_reported_as_such(tiny_tokenizer):
+    # Prevents: blaming whitespace when stripping it would not help (a template dropping earlier replies).
+    from transformers import AutoTokenizer
+
+    rewriting = AutoTokenizer.from_pretrained(tiny_tokenizer.name_or_path)
+    rewriting.chat_template = (
+        "{% for m in messages %}{{ '<|im_start|>' + m['role'] + '\\n' }}"
+        "{{ m['content'] if loop.last or m['role'] != 'assistant' else '...' }}{{ '<|im_end|>\\n' }}{% endfor %}"
+        "{% if add_generation_prompt %}{{ '<|im_start|>assistant\\n' }}{% endif %}"
+    )
+    with pytest.raises(TemplateError, match="rewrites earlier turns"):
+        encode_with_label_mask(rewriting, [*PADDED, *TURNS[2:]])
