@@ -44,6 +44,7 @@ from transformers import AutoConfig, AutoModelForCausalLM, PreTrainedTokenizerFa
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # the repository, for helpers and benchmarks
 
 from benchmarks.pipeline import measure_pipeline  # noqa: E402
+from helpers.attention import PACKED_SDPA, fastest_attention  # noqa: E402
 from helpers.cost import lesson_settings, row_lengths  # noqa: E402
 from helpers.memory import GIB, ModelShape, estimate  # noqa: E402
 from helpers.merge import merge_adapter  # noqa: E402
@@ -60,13 +61,10 @@ CHAT_TEMPLATE = "{% for m in messages %}<{{ m['role'] }}>{{ m['content'] }}<eos>
 
 
 def attention_choices() -> list[str]:
-    """The attention implementations to compare for padding-free batches on this machine."""
-    choices = ["packed_sdpa", "sdpa"]
-    try:
-        import flash_attn  # noqa: F401
-    except ImportError:
-        return choices
-    return [*choices, "flash_attention_2"] if torch.cuda.is_available() else choices
+    """The attention implementations to compare for padding-free batches: sdpa, the course's, and the fastest."""
+    choices = [PACKED_SDPA, "sdpa"]
+    fastest = fastest_attention()  # flash_attention_2 on a CUDA GPU with flash_attn installed
+    return choices if fastest in choices else [*choices, fastest]
 
 
 def materialize(model_id: str, folder: Path, dtype: torch.dtype) -> ModelShape:

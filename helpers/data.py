@@ -19,7 +19,7 @@ from pathlib import Path
 from helpers.messages import warn
 from helpers.paths import DATA_DIR
 from helpers.profiles import Profile, get_profile
-from helpers.templates import IGNORE_INDEX, Message, TemplateError, encode_with_label_mask
+from helpers.templates import IGNORE_INDEX, Message, TemplateError, encode_with_label_mask, strip_contents
 
 HUANHUAN_SYSTEM = (DATA_DIR / "huanhuan" / "system_prompt.txt").read_text(encoding="utf-8").strip()
 TANG_SYSTEM = "You are a helpful assistant and good at writing Tang poem. 你是一個樂於助人的助手且擅長寫唐詩。"
@@ -250,11 +250,6 @@ def _unstripped_messages(row: dict, system: str | None, where: tuple[str, int]) 
     if "conversations" in row or "messages" in row:
         return sharegpt_to_messages(row, where)
     return alpaca_to_messages(row, system, where)
-
-
-def strip_contents(messages: list[Message]) -> list[Message]:
-    """The messages with leading and trailing whitespace (spaces, newlines) removed from every content."""
-    return [{**message, "content": message["content"].strip()} for message in messages]
 
 
 def to_messages(row: dict, system: str | None = None, where: tuple[str, int] = ("<row>", 0)) -> list[Message]:

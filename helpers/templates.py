@@ -116,6 +116,11 @@ def _assistant_labels(tokenizer, messages: list[Message], input_ids: list[int]) 
     return labels
 
 
+def strip_contents(messages: list[Message]) -> list[Message]:
+    """The messages with leading and trailing whitespace (spaces, newlines) removed from every content."""
+    return [{**message, "content": message["content"].strip()} for message in messages]
+
+
 def _edges(text: str) -> tuple[str, str]:
     """The outer whitespace of ``text`` in Chinese and English, e.g. ``starts with '  ', ends with '\\n'``."""
     if not text.strip():
@@ -130,7 +135,7 @@ def _unlocated_reply_error(tokenizer, messages: list[Message]) -> TemplateError:
     """Why the replies cannot be located: outer whitespace when stripping it fixes that, else the template."""
     padded = [(number, m) for number, m in enumerate(messages, start=1) if m["content"] != m["content"].strip()]
     if padded:
-        stripped = [{**m, "content": m["content"].strip()} for m in messages]
+        stripped = strip_contents(messages)
         if _assistant_labels(tokenizer, stripped, _template_ids(tokenizer, stripped)) is not None:
             turns_zh = "；".join(f"第 {n} 轮 {m['role']} {_edges(m['content'])[0]}" for n, m in padded)
             turns_en = "; ".join(f"turn {n} ({m['role']}) {_edges(m['content'])[1]}" for n, m in padded)

@@ -12,7 +12,6 @@ from pathlib import Path
 
 import torch
 from accelerate import PartialState
-from datasets import Dataset
 from peft import LoraConfig, PeftModel
 from transformers import AutoModelForCausalLM, BitsAndBytesConfig, TrainerCallback
 from transformers.trainer_callback import ProgressCallback
@@ -63,11 +62,6 @@ def load_model_4bit(model_dir: Path, profile: Profile, attn_implementation: str 
                  "attention": attn_implementation or fastest_attention(),
                  "device_map": {"": PartialState().local_process_index if device().type == "cuda" else "cpu"}}
     return run_saved("load_4bit", namespace)["model"]
-
-
-def to_dataset(encoded: list[dict[str, list[int]]]) -> Dataset:
-    """Pre-tokenized rows; SFTTrainer uses our ``labels`` column as is."""
-    return Dataset.from_list(encoded)
 
 
 class LossPlot(TrainerCallback):
