@@ -6,9 +6,9 @@ import pytest
 
 from helpers import download, hub_data
 from helpers.data import course_conversations
-from helpers.messages import CourseWarning
 from helpers.download import DownloadError, Source
 from helpers.hub_data import FULL_DATASETS, download_full_dataset, full_dataset_path
+from helpers.messages import CourseWarning
 from helpers.paths import COMPLETE_MARKER
 from helpers.profiles import get_profile
 
