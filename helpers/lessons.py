@@ -23,6 +23,7 @@ from helpers.models import find_model
 from helpers.notebook_code import run_saved
 from helpers.paths import display_path, is_complete, one_at_a_time, outputs_dir
 from helpers.profiles import Profile, get_profile
+from helpers.templates import reply_label
 from helpers.train import (
     LossPlot,
     generate_ids,
@@ -153,7 +154,12 @@ def eos_ids(model, tokenizer) -> set[int]:
 
 
 def predict(model, tokenizer, conversations: list[list[dict]], max_new_tokens: int) -> list[dict]:
-    """Greedy replies to each conversation's last user turn, as ``{prompt, predict, label, stopped}``."""
+    """Greedy replies to each conversation's last user turn, as ``{prompt, predict, label, stopped}``.
+
+    ``label`` follows LLaMA-Factory's ``generated_predictions.jsonl``: the reference reply through its end of turn,
+    special tokens dropped (``reply_label``; ChatML keeps the newline after ``<|im_end|>``), so the two files score
+    alike.
+    """
     prompts = [conversation[:-1] for conversation in conversations]
     generated = generate_ids(model, tokenizer, prompts, max_new_tokens)
     ends = eos_ids(model, tokenizer)
@@ -161,7 +167,7 @@ def predict(model, tokenizer, conversations: list[list[dict]], max_new_tokens: i
         {
             "prompt": tokenizer.apply_chat_template(prompt, tokenize=False, add_generation_prompt=True),
             "predict": tokenizer.decode(new_ids, skip_special_tokens=True).strip(),
-            "label": conversation[-1]["content"],
+            "label": reply_label(tokenizer, conversation),
             "stopped": stopped_by_itself(new_ids, ends, max_new_tokens),
         }
         for prompt, conversation, new_ids in zip(prompts, conversations, generated, strict=True)

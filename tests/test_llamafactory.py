@@ -1,10 +1,12 @@
 import json
+import shutil
 
 import pytest
 import yaml
 
-from helpers import hub_data
+from helpers import hub_data, lessons, llamafactory
 from helpers.data import course_conversations, read_records, to_messages
+from helpers.download import local_folder_name
 from helpers.llamafactory import (
     dataset_entry,
     export,
@@ -18,16 +20,31 @@ from helpers.llamafactory import (
     template_for,
     training_yaml,
 )
-from helpers.paths import CACHE_ENV
+from helpers.paths import CACHE_ENV, mark_complete, models_dir
 from helpers.profiles import LORA_TARGET_MODULES, get_profile
+from helpers.templates import IGNORE_INDEX, default_system_prompt, encode_with_label_mask, reply_label
+from helpers.tiny_model import ensure_tiny_model
 
 GPU, TINY = get_profile("gpu"), get_profile("tiny")
 LESSONS = ("nekoqa", "tang", "huanhuan")
+KINDS = ("sft", "predict", "infer", "merge")
+SMOL_DEFAULT_SYSTEM = "You are a helpful AI assistant named SmolLM, trained by Hugging Face"  # its chat template's
+# Transcribed from LLaMA-Factory 0.9.5, src/llamafactory/data/template.py (register_template name="smollm2"):
+# the template's own default system prompt, one "." longer than the model's. Without default_system in the YAMLs,
+# rows without a system prompt (NekoQA) would train on this one.
+LLAMAFACTORY_SMOLLM2_DEFAULT = "You are a helpful AI assistant named SmolLM, trained by Hugging Face."
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir():
+    """The converted SmolLM2 folder in the real course cache (found before a test isolates the cache)."""
+    return ensure_tiny_model()
 
 
 @pytest.fixture(autouse=True)
-def isolated_cache(tmp_path, monkeypatch):
+def isolated_cache(tmp_path, monkeypatch, tiny_model_dir):
     monkeypatch.setenv(CACHE_ENV, str(tmp_path / "cache"))
+    monkeypatch.setattr(llamafactory, "ensure_tiny_model", lambda: tiny_model_dir)  # not converted again per test
 
 
 def declared_columns(entry: dict) -> set[str]:
@@ -207,7 +224,6 @@ def test_chat_and_merge_use_the_adapter_that_training_writes(tmp_path):
     adapter = configs["sft"]["output_dir"]
     assert {configs[kind]["adapter_name_or_path"] for kind in ("predict", "infer", "merge")} == {adapter}
     assert {config["template"] for config in configs.values()} == {"smollm2"}
-    assert {config["model_name_or_path"] for config in configs.values()} == {TINY.model_id}
 
 
 def test_explicit_template_reaches_every_config(tmp_path):
@@ -215,3 +231,71 @@ def test_explicit_template_reaches_every_config(tmp_path):
     written = export("tang", tmp_path, "alpaca", TINY, "Qwen/Qwen3-8B", "qwen3")
     for kind in ("sft", "predict", "infer", "merge"):
         assert yaml.safe_load(written[kind].read_text(encoding="utf-8"))["template"] == "qwen3"
+
+
+def test_tiny_configs_load_the_local_model_folder_offline(tmp_path, tiny_model_dir):
+    # Prevents: the tiny profile's configs naming the hub id, which LLaMA-Factory cannot load offline.
+    written = export("nekoqa", tmp_path, "alpaca", TINY)
+    for kind in KINDS:
+        assert yaml.safe_load(written[kind].read_text(encoding="utf-8"))["model_name_or_path"] == str(tiny_model_dir)
+
+
+def test_configs_carry_the_models_own_default_system_prompt(tmp_path, tiny_tokenizer):
+    # Prevents: LLaMA-Factory's smollm2 template adding its own default system prompt (one token longer) to rows
+    # without one, so that it trains other tokens than the course (issue 15, item 4).
+    assert default_system_prompt(tiny_tokenizer) == SMOL_DEFAULT_SYSTEM != LLAMAFACTORY_SMOLLM2_DEFAULT
+    written = export("nekoqa", tmp_path, "alpaca", TINY)
+    for kind in KINDS:
+        text = written[kind].read_text(encoding="utf-8")
+        assert yaml.safe_load(text)["default_system"] == SMOL_DEFAULT_SYSTEM
+        assert any(line.startswith("# default_system") for line in text.splitlines())
+
+
+def test_default_system_prompt_is_empty_when_the_template_adds_none(tiny_tokenizer):
+    tokenizer = type(tiny_tokenizer).from_pretrained(tiny_tokenizer.name_or_path)
+    tokenizer.chat_template = ("{% for m in messages %}{{ '<|im_start|>' + m['role'] + '\\n' + m['content'] "
+                               "+ '<|im_end|>\\n' }}{% endfor %}")
+    assert default_system_prompt(tokenizer) == ""
+
+
+@pytest.fixture
+def no_gpu_data(monkeypatch):
+    """The gpu profile's export without its data files: they would be downloaded (offline: a warning)."""
+    monkeypatch.setattr(llamafactory, "export_dataset", lambda lesson, *args: f"course_{lesson}")
+
+
+def test_a_model_not_on_this_machine_keeps_its_hub_id_and_says_why_there_is_no_default_system(tmp_path, no_gpu_data):
+    written = export("tang", tmp_path, "alpaca", GPU)
+    for kind in KINDS:
+        text = written[kind].read_text(encoding="utf-8")
+        config = yaml.safe_load(text)
+        assert config["model_name_or_path"] == GPU.model_id and "default_system" not in config
+        assert any(line.startswith("# 未写 default_system") and "export again" in line for line in text.splitlines())
+
+
+def test_a_downloaded_model_is_loaded_from_the_course_cache(tmp_path, tiny_model_dir, no_gpu_data):
+    # Prevents: LLaMA-Factory downloading the gpu profile's model again when lesson 01 already did.
+    folder = models_dir() / local_folder_name(GPU.model_id)
+    shutil.copytree(tiny_model_dir, folder, ignore=shutil.ignore_patterns("*.safetensors"))  # the tokenizer is enough
+    mark_complete(folder)
+    config = yaml.safe_load(export("tang", tmp_path, "alpaca", GPU)["sft"].read_text(encoding="utf-8"))
+    assert (config["model_name_or_path"], config["default_system"]) == (str(folder), SMOL_DEFAULT_SYSTEM)
+    assert config["template"] == "qwen"  # named from the model id, not the folder
+
+
+def test_reply_label_is_what_llamafactory_decodes_from_the_label_tokens(tiny_tokenizer):
+    # LLaMA-Factory's generated_predictions.jsonl: label = tokenizer.decode(label ids, skip_special_tokens=True),
+    # so the newline after <|im_end|> stays; the course's predictions use the same convention.
+    for conversation in course_conversations("huanhuan", "eval", 3, TINY):
+        labels = encode_with_label_mask(tiny_tokenizer, conversation)["labels"]
+        expected = tiny_tokenizer.decode([t for t in labels if t != IGNORE_INDEX], skip_special_tokens=True)
+        assert reply_label(tiny_tokenizer, conversation) == expected == conversation[-1]["content"] + "\n"
+
+
+def test_course_predictions_label_like_llamafactory(tiny_tokenizer, monkeypatch):
+    # Prevents: the course's predictions and LLaMA-Factory's scoring differently for the same replies.
+    model = type("Model", (), {"generation_config": type("Config", (), {"eos_token_id": 2})()})()
+    monkeypatch.setattr(lessons, "generate_ids", lambda model, tokenizer, prompts, limit: [[2] for _ in prompts])
+    conversations = course_conversations("nekoqa", "eval", 2, TINY)
+    records = lessons.predict(model, tiny_tokenizer, conversations, 4)
+    assert [r["label"] for r in records] == [c[-1]["content"] + "\n" for c in conversations]
