@@ -270,8 +270,9 @@ def check_train_and_predict(written: dict[str, dict[str, Path]], lesson: str, to
     ours = score(records)
     theirs = json.loads((predict_dir / "predict_results.json").read_text(encoding="utf-8"))
     gaps = {key: abs(ours[key] - theirs[f"predict_{key}"]) for key in METRICS}
-    print(f"  训练 / train {TRAIN_STEPS} 步 steps {trained:.0f} s, loss {losses}; 预测 / predict {len(records)} "
-          f"行 rows {predicted:.0f} s")
+    losses = [round(loss, 4) for loss in losses]
+    print(f"  训练 / train {TRAIN_STEPS} 步 steps {trained:.0f} s, loss {losses}; "
+          f"预测 / predict {len(records)} 行 rows {predicted:.0f} s")
     print(f"  helpers.evaluate: {ours}\n  LLaMA-Factory:    { {k: round(theirs[f'predict_{k}'], 4) for k in METRICS} }")
     problems = [f"{key}: 课程 course {ours[key]} vs LLaMA-Factory {theirs[f'predict_{key}']}"
                 for key, gap in gaps.items() if gap > METRIC_TOLERANCE]
