@@ -2,7 +2,7 @@
 #   make course   安装缺的依赖并运行课程（默认 tiny 配置）/ set up and run the course
 #   make test     安装缺的依赖并运行全部测试 / set up and run every test
 # 可选 / opt-in:
-#   make check-llamafactory  在独立环境 .venv-llamafactory 里装 LLaMA-Factory 0.9.5，与课程的导出逐项对照（约 N 分钟）
+#   make check-llamafactory  在独立环境 .venv-llamafactory 里装 LLaMA-Factory 0.9.5，与课程的导出逐项对照（2 核 CPU：首次约 8 分钟，之后约 2 分钟）
 #                            LLaMA-Factory 0.9.5 in its own venv, checked against the course's export (README)
 PYTHON ?= python3
 export PYTHON
