@@ -1,7 +1,9 @@
 """Scoring generations: LLaMA-Factory's BLEU-4 / ROUGE, simple task checks, and an optional LLM judge.
 
 Predictions use LLaMA-Factory's ``generated_predictions.jsonl`` format (one ``{"prompt", "predict", "label"}``
-object a line), so the course and LLaMA-Factory can score each other's files. Also a command:
+object a line), so the course and LLaMA-Factory can score each other's files; ``label`` is, in both, the reference
+reply decoded through its end of turn without special tokens (ChatML keeps the newline after ``<|im_end|>``,
+``helpers.templates.reply_label``), so the same replies get the same scores. Also a command:
 ``python -m helpers.evaluate score FILE.jsonl [FILE2 ...]`` prints the metrics as JSON (exit 1 on bad input).
 """
 
