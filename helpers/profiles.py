@@ -97,6 +97,10 @@ GPU_RECIPES = {
                          batch_size=2, grad_accum=4, cutoff=1024, warmup_steps=10, save_steps=50),
 }
 
+# Your own data set (``scripts/train.py --data``) trains with lesson 03's recipe, the general chat one: LoRA on every
+# projection, and on the gpu profile r=32, 150 steps of 8 rows, cutoff 2048 (change them with --max-steps, --cutoff).
+OWN_DATA_RECIPE = "nekoqa"
+
 PROFILES: dict[str, Profile] = {
     "tiny": Profile(
         name="tiny",
