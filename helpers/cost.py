@@ -17,7 +17,8 @@ from pathlib import Path
 
 import torch
 
-from helpers.data import course_conversations, load_preferences
+from helpers.data import load_preferences
+from helpers.hub_data import course_conversations
 from helpers.memory import GIB, MemoryEstimate, Settings, estimate
 from helpers.models import MODELS, ModelShape, find_model
 from helpers.profiles import GPU_MODEL_ID, Recipe, get_profile

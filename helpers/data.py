@@ -18,7 +18,6 @@ from pathlib import Path
 
 from helpers.messages import warn
 from helpers.paths import DATA_DIR
-from helpers.profiles import Profile, get_profile
 from helpers.templates import IGNORE_INDEX, Message, TemplateError, encode_with_label_mask, strip_contents
 
 HUANHUAN_SYSTEM = (DATA_DIR / "huanhuan" / "system_prompt.txt").read_text(encoding="utf-8").strip()
@@ -366,33 +365,6 @@ def encode_conversations(tokenizer, conversations: list[list[Message]], cutoff: 
         warn(f"{truncated} 条样本超过 {cutoff} 个 token，已截断；若被截掉的内容重要，请调大 cutoff。\n"
              f"{truncated} samples truncated to {cutoff} tokens; raise the cutoff if the cut part matters.")
     return encoded
-
-
-def drop_held_out(train: list[list[Message]], held_out: list[list[Message]]) -> list[list[Message]]:
-    """Training conversations whose last question is not a held-out one (the full sets were not written for us)."""
-    questions = {conversation[-2]["content"] for conversation in held_out}
-    kept = [conversation for conversation in train if conversation[-2]["content"] not in questions]
-    if len(kept) < len(train):
-        dropped = len(train) - len(kept)
-        print(f"训练集有 {dropped} 条的问题在留出集中，已去掉 / dropped {dropped} training rows held out for eval")
-    return kept
-
-
-def course_conversations(lesson: str, split: str, limit: int | None = None,
-                         profile: Profile | None = None) -> list[list[Message]]:
-    """A course data set as conversations; ``split`` is ``train`` or ``eval`` (the shipped held-out file).
-
-    ``train`` is the shipped file in the tiny profile and the full public set in the gpu profile
-    (``helpers.hub_data``; the shipped file when it cannot be had), without held-out questions.
-    """
-    from helpers.hub_data import train_file  # imported here: hub_data imports this module
-
-    _, eval_file, system = COURSE_DATASETS[lesson]
-    conversations = load_conversations(DATA_DIR / eval_file, system)
-    if split == "train":
-        train = load_conversations(train_file(lesson, profile or get_profile()), system)
-        conversations = drop_held_out(train, conversations)
-    return conversations[:limit] if limit else conversations
 
 
 def load_preferences(split: str, path: Path | None = None) -> list[dict[str, list[Message]]]:

@@ -15,10 +15,11 @@ from peft import PeftModel
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from helpers.cost import NOTEBOOKS, check_fits, lesson_cost
-from helpers.data import course_conversations, encode_conversations
+from helpers.data import encode_conversations
 from helpers.download import download_model
 from helpers.evaluate import persona_rate, score, share, stopped_by_itself, verse_form_rate, write_predictions
 from helpers.hardware import compute_dtype, device
+from helpers.hub_data import course_conversations
 from helpers.models import find_model
 from helpers.notebook_code import run_saved
 from helpers.paths import display_path, is_complete, one_at_a_time, outputs_dir

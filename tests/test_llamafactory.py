@@ -4,7 +4,8 @@ import pytest
 import yaml
 
 from helpers import hub_data
-from helpers.data import course_conversations, read_records, to_messages
+from helpers.data import read_records, to_messages
+from helpers.hub_data import course_conversations
 from helpers.llamafactory import (
     dataset_entry,
     export,
