@@ -15,10 +15,9 @@ course: setup
 # The tests always use the tiny profile: deterministic, offline, CPU-friendly.
 test: setup
 	COURSE_PROFILE=tiny $(PYTHON) -m ruff check .
-	COURSE_PROFILE=tiny $(PYTHON) -m pytest -n 2 tests
-# Notebooks run one at a time: two training kernels on 2 cores oversubscribe torch's threads (10x slower).
-	COURSE_PROFILE=tiny $(PYTHON) -m pytest notebooks \
-		--nbval-lax --nbval-current-env --nbval-sanitize-with tests/nbval_sanitize.cfg
+	COURSE_PROFILE=tiny $(PYTHON) -m pytest -n 2 --durations=15 tests
+# Every notebook under nbval, two at a time with one torch thread each; lesson 03 before those that use its adapter.
+	COURSE_PROFILE=tiny $(PYTHON) scripts/test_notebooks.py
 
 lint:
 	$(PYTHON) -m ruff check .
