@@ -1,10 +1,12 @@
 # 两条命令 / two commands:
 #   make course   安装缺的依赖并运行课程（默认 tiny 配置）/ set up and run the course
 #   make test     安装缺的依赖并运行全部测试 / set up and run every test
+# 可选 / opt-in:
+#   make check-browser  在无头 Chromium 里打开聊天页面、发一条消息、截图 / chat once in headless Chromium, screenshot
 PYTHON ?= python3
 export PYTHON
 
-.PHONY: setup course test lint
+.PHONY: setup course test lint check-browser
 
 setup:
 	bash scripts/setup.sh
@@ -19,6 +21,10 @@ test: setup
 # Notebooks run one at a time: two training kernels on 2 cores oversubscribe torch's threads (10x slower).
 	COURSE_PROFILE=tiny $(PYTHON) -m pytest notebooks \
 		--nbval-lax --nbval-current-env --nbval-sanitize-with tests/nbval_sanitize.cfg
+
+# Opt-in, not part of `test`: it installs Chromium (apt-get, about a minute) and takes longer than a minute itself.
+check-browser: setup
+	COURSE_PROFILE=tiny $(PYTHON) scripts/check_browser.py
 
 lint:
 	$(PYTHON) -m ruff check .
