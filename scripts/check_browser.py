@@ -39,7 +39,7 @@ CHROMIUM_FLAGS = ("--headless", "--no-sandbox", "--disable-gpu", "--disable-quic
 CHAT_APP = REPO_ROOT / "scripts" / "chat_app.py"
 MESSAGE = "你好，请介绍一下你自己。"
 # gradio 6's ChatInterface: the message box, the assistant's bubbles, and the stop button shown while it streams.
-TEXTBOX = "[data-testid='textbox'] textarea"
+TEXTBOX = "textarea[data-testid='textbox']"
 BOT_MESSAGE = "[data-testid='bot']"
 STOP_BUTTON = "button.stop-button"
 
@@ -106,7 +106,8 @@ def chat_server(lesson: str, profile_name: str, port: int, log: Path, timeout: f
     command = [sys.executable, str(CHAT_APP), "--lesson", lesson, "--profile", profile_name,
                "--host", "127.0.0.1", "--port", str(port)]
     with log.open("w", encoding="utf-8") as out:
-        server = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT, cwd=REPO_ROOT)
+        server = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT, cwd=REPO_ROOT,
+                                  env={**os.environ, "GRADIO_ANALYTICS_ENABLED": "False"})  # no calls home
     try:
         deadline = time.monotonic() + timeout
         while True:
