@@ -3,7 +3,7 @@
     make check-browser                                  # the same, after `make setup`
     python scripts/check_browser.py --lesson huanhuan   # tiny profile; --message "..." to ask something else
 
-It installs what is missing (Debian's chromium and chromium-driver with apt-get, selenium pinned in
+It installs what is missing (Debian's chromium, chromium-driver and a Chinese font with apt-get, selenium pinned in
 requirements-browser.txt), trains the lesson's tiny adapter if there is none (``train_lesson``, about 1-2 minutes
 on 2 CPU cores), starts ``scripts/chat_app.py`` on a free localhost port, types a message into the chat box, waits
 for the streamed reply and saves ``outputs/browser-check/<lesson>.png``. Exit code 1, with the reason, on failure.
@@ -27,10 +27,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run from anyw
 
 from helpers.lessons import LESSONS
 from helpers.paths import REPO_ROOT, display_path, outputs_dir
+from helpers.profiles import PROFILES
 
 CHROMIUM = Path("/usr/bin/chromium")
 CHROMEDRIVER = Path("/usr/bin/chromedriver")
-APT_PACKAGES = ("chromium", "chromium-driver")
+CHINESE_FONT = "fonts-wqy-microhei"  # 1.6 MB; Debian's Chromium brings no Chinese font
 REQUIREMENTS = REPO_ROOT / "requirements-browser.txt"
 # Headless, and nothing that reaches beyond localhost: on a closed network Chromium's own connections are refused.
 CHROMIUM_FLAGS = ("--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
@@ -40,7 +41,7 @@ CHAT_APP = REPO_ROOT / "scripts" / "chat_app.py"
 MESSAGE = "你好，请介绍一下你自己。"
 # gradio 6's ChatInterface: the message box, the assistant's bubbles, and the stop button shown while it streams.
 TEXTBOX = "textarea[data-testid='textbox']"
-BOT_MESSAGE = "[data-testid='bot']"
+USER_MESSAGE, BOT_MESSAGE = "[data-testid='user']", "[data-testid='bot']"
 STOP_BUTTON = "button.stop-button"
 
 
@@ -55,20 +56,34 @@ def run(command: list[str]) -> None:
         raise CheckFailed(f"安装失败 / install failed: {' '.join(command)}")
 
 
-def ensure_chromium() -> None:
-    """Debian's chromium and chromium-driver, installed with apt-get (as root, else through sudo) when missing."""
-    if CHROMIUM.exists() and CHROMEDRIVER.exists():
+def has_chinese_font() -> bool:
+    """Whether fontconfig knows a Chinese font: without one the screenshot shows boxes instead of the chat."""
+    if shutil.which("fc-list") is None:
+        return False
+    return bool(subprocess.run(["fc-list", ":lang=zh"], capture_output=True, text=True).stdout.strip())
+
+
+def missing_packages() -> list[str]:
+    """The Debian packages of the check that are not installed: the browser, its driver and a Chinese font."""
+    present = {"chromium": CHROMIUM.exists(), "chromium-driver": CHROMEDRIVER.exists(),
+               CHINESE_FONT: has_chinese_font()}
+    return [package for package, there in present.items() if not there]
+
+
+def ensure_browser() -> None:
+    """Install the missing Debian packages with apt-get (as root, else through sudo)."""
+    missing = missing_packages()
+    if not missing:
         return
     sudo = [] if os.geteuid() == 0 else ["sudo"]
     if (sudo and shutil.which("sudo") is None) or shutil.which("apt-get") is None:
         raise CheckFailed(
-            f"找不到 {CHROMIUM} 或 {CHROMEDRIVER}，且无法用 apt-get 安装：请手动安装 {' '.join(APT_PACKAGES)}。\n"
-            f"{CHROMIUM} or {CHROMEDRIVER} is missing and apt-get cannot install it here: "
-            f"install {' '.join(APT_PACKAGES)} yourself."
+            f"缺少 {' '.join(missing)}，且这里无法用 apt-get 安装：请先手动安装。\n"
+            f"{' '.join(missing)} missing and apt-get cannot install them here: install them yourself."
         )
-    print("安装 Chromium / installing Chromium (apt-get, about a minute)", flush=True)
+    print(f"安装 / installing {' '.join(missing)} (apt-get, about a minute)", flush=True)
     run([*sudo, "apt-get", "update", "-qq"])
-    run([*sudo, "env", "DEBIAN_FRONTEND=noninteractive", "apt-get", "install", "-y", "-qq", *APT_PACKAGES])
+    run([*sudo, "env", "DEBIAN_FRONTEND=noninteractive", "apt-get", "install", "-y", "-qq", *missing])
 
 
 def ensure_selenium() -> None:
@@ -155,8 +170,11 @@ def chat_in_browser(url: str, message: str, screenshot: Path, timeout: float) ->
     except WebDriverException as error:
         raise CheckFailed(f"Chromium 没有启动 / Chromium did not start: {error.msg}") from error
 
-    def replies() -> list[str]:
-        return [bubble.text.strip() for bubble in driver.find_elements(By.CSS_SELECTOR, BOT_MESSAGE)]
+    def bubbles(selector: str) -> list[str]:
+        return [bubble.text.strip() for bubble in driver.find_elements(By.CSS_SELECTOR, selector)]
+
+    def streaming() -> bool:
+        return any(button.is_displayed() for button in driver.find_elements(By.CSS_SELECTOR, STOP_BUTTON))
 
     try:
         driver.get(url)
@@ -168,15 +186,16 @@ def chat_in_browser(url: str, message: str, screenshot: Path, timeout: float) ->
         box.send_keys(message, Keys.ENTER)
         # The reply is complete once it is non-empty and gradio has hidden its stop button again.
         try:
-            WebDriverWait(driver, timeout).until(
-                lambda d: any(replies()) and not any(b.is_displayed() for b in d.find_elements(By.CSS_SELECTOR,
-                                                                                               STOP_BUTTON)))
+            WebDriverWait(driver, timeout).until(lambda _: any(bubbles(BOT_MESSAGE)) and not streaming())
         except TimeoutException as error:
             driver.save_screenshot(str(screenshot))
             raise CheckFailed(f"{timeout:.0f} 秒内没有看到模型的回复 / no reply from the model within {timeout:.0f} s; "
                               f"screenshot: {display_path(screenshot)}") from error
         driver.save_screenshot(str(screenshot))
-        return replies()[-1]
+        if bubbles(USER_MESSAGE)[-1:] != [message.strip()]:
+            raise CheckFailed(f"页面上的用户消息不是发送的那句 / the page shows {bubbles(USER_MESSAGE)!r} as the "
+                              f"user's message, not {message!r}; screenshot: {display_path(screenshot)}")
+        return bubbles(BOT_MESSAGE)[-1]
     finally:
         driver.quit()
         shutil.rmtree(profile_dir, ignore_errors=True)
@@ -185,7 +204,7 @@ def chat_in_browser(url: str, message: str, screenshot: Path, timeout: float) ->
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description="在真实浏览器里检查聊天页面 / check the chat page in a real browser")
     parser.add_argument("--lesson", choices=LESSONS, default="huanhuan")
-    parser.add_argument("--profile", default="tiny", help="课程配置 / course profile (default: tiny)")
+    parser.add_argument("--profile", choices=list(PROFILES), default="tiny", help="课程配置 / course profile")
     parser.add_argument("--message", default=MESSAGE, help="发送的消息 / the message to send")
     parser.add_argument("--server-timeout", type=float, default=180, help="秒 / seconds for the page to start")
     parser.add_argument("--reply-timeout", type=float, default=120, help="秒 / seconds for the reply")
@@ -194,11 +213,11 @@ def main(argv: list[str] | None = None) -> int:
     screenshot = folder / f"{args.lesson}.png"
     start = time.monotonic()
     try:
-        ensure_chromium()
+        ensure_browser()
         ensure_selenium()
         ensure_adapter(args.lesson, args.profile)
         with chat_server(args.lesson, args.profile, free_port(), folder / "server.log", args.server_timeout) as url:
-            print(f"聊天页面已启动 / chat page up: {url}", flush=True)
+            print(f"聊天页面已启动 / chat page up after {time.monotonic() - start:.0f} s: {url}", flush=True)
             reply = chat_in_browser(url, args.message, screenshot, args.reply_timeout)
     except CheckFailed as error:
         print(f"[check-browser] 失败 / FAILED: {error}", file=sys.stderr)
