@@ -22,7 +22,7 @@ test: setup
 	COURSE_PROFILE=tiny $(PYTHON) -m pytest notebooks \
 		--nbval-lax --nbval-current-env --nbval-sanitize-with tests/nbval_sanitize.cfg
 
-# Opt-in, not part of `test`: 1-1.5 minutes with the adapter trained, plus training and merging on a fresh checkout,
+# Opt-in, not part of `test`: 1-2 minutes with the adapter trained, plus training and merging on a fresh checkout,
 # plus installing Chromium once (apt-get, about a minute).
 check-browser: setup
 	COURSE_PROFILE=tiny $(PYTHON) scripts/check_browser.py

@@ -17,6 +17,7 @@ import shutil
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 import urllib.request
 from collections.abc import Iterator
@@ -162,12 +163,12 @@ def chat_in_browser(url: str, message: str, screenshot: Path, timeout: float) ->
     options.binary_location = str(CHROMIUM)
     for flag in CHROMIUM_FLAGS:
         options.add_argument(flag)
-    profile_dir = outputs_dir("browser-check", "chromium-profile")  # a fresh user-data-dir each run
-    shutil.rmtree(profile_dir)
+    profile_dir = tempfile.mkdtemp(prefix="check-browser-")  # a fresh, empty user-data-dir each run
     options.add_argument(f"--user-data-dir={profile_dir}")
     try:
         driver = webdriver.Chrome(options=options, service=Service(str(CHROMEDRIVER)))
     except WebDriverException as error:
+        shutil.rmtree(profile_dir, ignore_errors=True)
         raise CheckFailed(f"Chromium 没有启动 / Chromium did not start: {error.msg}") from error
 
     def bubbles(selector: str) -> list[str]:
@@ -207,7 +208,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--profile", choices=list(PROFILES), default="tiny", help="课程配置 / course profile")
     parser.add_argument("--message", default=MESSAGE, help="发送的消息 / the message to send")
     parser.add_argument("--server-timeout", type=float, default=180, help="秒 / seconds for the page to start")
-    parser.add_argument("--reply-timeout", type=float, default=120, help="秒 / seconds for the reply")
+    parser.add_argument("--reply-timeout", type=float, default=120, help="秒 / seconds for the page, then the reply")
     args = parser.parse_args(argv)
     folder = outputs_dir("browser-check")
     screenshot = folder / f"{args.lesson}.png"
