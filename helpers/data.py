@@ -22,7 +22,6 @@ from pathlib import Path
 
 from helpers.messages import warn
 from helpers.paths import DATA_DIR
-from helpers.profiles import Profile, get_profile
 from helpers.templates import IGNORE_INDEX, Message, TemplateError, encode_with_label_mask, strip_contents
 
 HUANHUAN_SYSTEM = (DATA_DIR / "huanhuan" / "system_prompt.txt").read_text(encoding="utf-8").strip()
@@ -310,27 +309,54 @@ def warn_duplicates(path: str | Path, rows: list) -> None:
         )
 
 
-def truncate(input_ids: list[int], labels: list[int], cutoff: int) -> tuple[list[int], list[int]]:
-    """Fit a sample into ``cutoff`` tokens, LLaMA-Factory style, keeping the end of the prompt.
+def infer_seqlen(source_len: int, target_len: int, budget: int) -> tuple[int, int]:
+    """How many prompt and reply tokens of one turn fit in ``budget``: LLaMA-Factory's ``infer_seqlen`` rule.
 
-    The last reply is the target. If it fits in half the budget it is kept whole and the
-    prompt is cut; otherwise the budget is split in proportion to the two lengths.
+    A reply shorter than half the budget is kept whole; else a prompt shorter than half is kept
+    whole; else the budget is split in proportion to the two lengths.
+    """
+    if target_len * 2 < budget:
+        max_target = budget
+    elif source_len * 2 < budget:
+        max_target = budget - source_len
+    else:
+        max_target = int(budget * target_len / (source_len + target_len))
+    keep_target = min(max_target, target_len)
+    return min(max(budget - keep_target, 0), source_len), keep_target
+
+
+def turn_spans(labels: list[int]) -> list[tuple[range, range]]:
+    """Each turn's (prompt, reply) token positions: a run of masked tokens, then the learned reply after it."""
+    spans, start = [], 0
+    while start < len(labels):
+        reply = start
+        while reply < len(labels) and labels[reply] == IGNORE_INDEX:
+            reply += 1
+        end = reply
+        while end < len(labels) and labels[end] != IGNORE_INDEX:
+            end += 1
+        spans.append((range(start, reply), range(reply, end)))
+        start = end
+    return spans
+
+
+def truncate(input_ids: list[int], labels: list[int], cutoff: int) -> tuple[list[int], list[int]]:
+    """Fit a sample into ``cutoff`` tokens the way LLaMA-Factory does, turn by turn from the first.
+
+    Each turn gets what is left of the budget, shared between its prompt and its reply by
+    ``infer_seqlen``, and keeps the *start* of both: the system prompt and the role headers survive,
+    the end of a long reply (and any later turn that no longer fits) is dropped.
     """
     if len(input_ids) <= cutoff:
         return input_ids, labels
-    first_target = max(i for i, label in enumerate(labels) if label == IGNORE_INDEX) + 1
-    source_len, target_len = first_target, len(input_ids) - first_target
-    if target_len * 2 < cutoff:
-        max_target = cutoff
-    elif source_len * 2 < cutoff:
-        max_target = cutoff - source_len
-    else:
-        max_target = int(cutoff * target_len / (source_len + target_len))
-    keep_target = min(max_target, target_len)
-    keep_source = min(cutoff - keep_target, source_len)
-    source_slice = slice(source_len - keep_source, source_len)  # the end of the prompt holds the question
-    target_slice = slice(source_len, source_len + keep_target)
-    return (input_ids[source_slice] + input_ids[target_slice], labels[source_slice] + labels[target_slice])
+    kept: list[int] = []
+    for prompt, reply in turn_spans(labels):
+        budget = cutoff - len(kept)
+        if budget <= 0:
+            break
+        keep_prompt, keep_reply = infer_seqlen(len(prompt), len(reply), budget)
+        kept += [*prompt[:keep_prompt], *reply[:keep_reply]]
+    return [input_ids[i] for i in kept], [labels[i] for i in kept]
 
 
 def encode_conversations(tokenizer, conversations: list[list[Message]], cutoff: int) -> list[dict[str, list[int]]]:
@@ -353,30 +379,13 @@ def encode_conversations(tokenizer, conversations: list[list[Message]], cutoff: 
 
 
 def drop_held_out(train: list[list[Message]], held_out: list[list[Message]]) -> list[list[Message]]:
-    """Training conversations whose last question is not a held-out one (the full sets were not written for us)."""
+    """Training conversations whose last question is not a held-out one: else the held-out loss measures recall."""
     questions = {conversation[-2]["content"] for conversation in held_out}
     kept = [conversation for conversation in train if conversation[-2]["content"] not in questions]
     if len(kept) < len(train):
         dropped = len(train) - len(kept)
         print(f"训练集有 {dropped} 条的问题在留出集中，已去掉 / dropped {dropped} training rows held out for eval")
     return kept
-
-
-def course_conversations(lesson: str, split: str, limit: int | None = None,
-                         profile: Profile | None = None) -> list[list[Message]]:
-    """A course data set as conversations; ``split`` is ``train`` or ``eval`` (the shipped held-out file).
-
-    ``train`` is the shipped file in the tiny profile and the full public set in the gpu profile
-    (``helpers.hub_data``; the shipped file when it cannot be had), without held-out questions.
-    """
-    from helpers.hub_data import train_file  # imported here: hub_data imports this module
-
-    _, eval_file, system = COURSE_DATASETS[lesson]
-    conversations = load_conversations(DATA_DIR / eval_file, system)
-    if split == "train":
-        train = load_conversations(train_file(lesson, profile or get_profile()), system)
-        conversations = drop_held_out(train, conversations)
-    return conversations[:limit] if limit else conversations
 
 
 DEFAULT_HELD_OUT_SHARE = 0.1  # your own data: the share of rows held out when no held-out file is given

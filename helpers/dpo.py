@@ -19,6 +19,7 @@ from trl import DPOConfig, DPOTrainer
 from helpers.data import encode_conversations, load_preferences  # noqa: F401 (lesson 09 imports it from here)
 from helpers.download import download_model
 from helpers.lessons import require_adapter
+from helpers.paths import one_at_a_time
 from helpers.profiles import Profile, Recipe
 from helpers.train import adapters_in_training_dtype, completion_logprobs, load_model_4bit, sft_config, with_tqdm
 
@@ -45,8 +46,9 @@ def load_policy(lesson: str, profile: Profile) -> PeftModel:
     TRL copies this adapter into a frozen "ref" adapter and uses it as the reference model.
     """
     adapter = require_adapter(lesson, profile)
-    return PeftModel.from_pretrained(load_model_4bit(download_model(profile=profile), profile), adapter,
-                                     is_trainable=True)
+    base = load_model_4bit(download_model(profile=profile), profile)
+    with one_at_a_time(adapter):
+        return PeftModel.from_pretrained(base, adapter, is_trainable=True)
 
 
 def dpo_config(recipe: Recipe, output_dir: Path, dtype: torch.dtype, seed: int) -> DPOConfig:

@@ -1,8 +1,13 @@
-"""The full training sets of the gpu profile, fetched once into ``<course cache>/datasets/<lesson>/``.
+"""The rows each lesson uses (``course_conversations``), and the gpu profile's full training sets behind them.
+
+The full sets are fetched once into ``<course cache>/datasets/<lesson>/``:
 
 - NekoQA-10K: Hugging Face data set ``liumindmind/NekoQA-10K`` (or the ``HF_ENDPOINT`` mirror);
 - Tang poems (NTU GenAI 2024 HW5): ``Tang_training_data.json`` in github.com/CheeEn-Yu/GenAI-Hw5;
 - Huanhuan: ``dataset/huanhuan.json`` in github.com/datawhalechina/self-llm.
+
+The GitHub files are pinned to a commit, so every student trains on the same rows (a commit id fixes the
+file's content, as a checksum would). NekoQA-10K follows the Hugging Face repository's ``main`` revision.
 
 GitHub files come from GitHub's raw server (or ``GITHUB_RAW_ENDPOINT``), then from the jsDelivr CDN.
 The loop is the model download's (``helpers.download.fetch_first``): each source is probed first, so an
@@ -18,11 +23,13 @@ from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
 
-from helpers.data import COURSE_DATASETS, DataError, load_conversations
+from helpers.data import COURSE_DATASETS, DataError, drop_held_out, load_conversations
 from helpers.download import DownloadError, Source, check_free_space, fetch_first, tried_lines
+from helpers.messages import warn
 from helpers.net import SUGGESTED_MIRROR, hf_endpoint
 from helpers.paths import DATA_DIR, cache_root, display_path, is_complete, mark_complete
-from helpers.profiles import Profile
+from helpers.profiles import Profile, get_profile
+from helpers.templates import Message
 
 GITHUB_RAW_ENV = "GITHUB_RAW_ENDPOINT"
 GITHUB_RAW_URL = "https://raw.githubusercontent.com"
@@ -56,13 +63,12 @@ def huggingface_file(repo_id: str) -> Source:
 
 def github_file(repo: str, ref: str, directory: str = "") -> tuple[Source, Source]:
     """A file of a GitHub repository: GitHub's raw server (or its mirror), then the jsDelivr CDN."""
-    version = "" if ref == "HEAD" else f"@{ref}"  # jsDelivr without a version: the default branch (no releases)
 
     def raw(file_name: str, folder: Path) -> None:
         fetch_url(f"{github_raw_endpoint()}/{repo}/{ref}/{directory}{file_name}", folder / file_name)
 
     def cdn(file_name: str, folder: Path) -> None:
-        fetch_url(f"{JSDELIVR_URL}/gh/{repo}{version}/{directory}{file_name}", folder / file_name)
+        fetch_url(f"{JSDELIVR_URL}/gh/{repo}@{ref}/{directory}{file_name}", folder / file_name)
 
     return Source("GitHub", github_raw_endpoint, raw), Source("jsDelivr", lambda: JSDELIVR_URL, cdn)
 
@@ -80,13 +86,16 @@ class FullDataset:
 HF_MIRROR_TIP = f"export HF_ENDPOINT={SUGGESTED_MIRROR}"
 GITHUB_MIRROR_TIP = f"export {GITHUB_RAW_ENV}=<镜像地址 / mirror URL>（替换 / replaces {GITHUB_RAW_URL}）"
 
+TANG_COMMIT = "3a36a448833d5f568e3bf415c86ac1718352fc2e"  # commits that hold the files (their content is fixed)
+HUANHUAN_COMMIT = "84c3486aeee22cd6585c21771924cd538a081295"
+
 FULL_DATASETS: dict[str, FullDataset] = {
     "nekoqa": FullDataset("NekoQA-10K.json", "https://huggingface.co/datasets/liumindmind/NekoQA-10K",
                           HF_MIRROR_TIP, (huggingface_file("liumindmind/NekoQA-10K"),)),
-    "tang": FullDataset("Tang_training_data.json", "https://github.com/CheeEn-Yu/GenAI-Hw5",
-                        GITHUB_MIRROR_TIP, github_file("CheeEn-Yu/GenAI-Hw5", "HEAD")),
-    "huanhuan": FullDataset("huanhuan.json", "https://github.com/datawhalechina/self-llm/tree/master/dataset",
-                            GITHUB_MIRROR_TIP, github_file("datawhalechina/self-llm", "master", "dataset/")),
+    "tang": FullDataset("Tang_training_data.json", f"https://github.com/CheeEn-Yu/GenAI-Hw5/tree/{TANG_COMMIT}",
+                        GITHUB_MIRROR_TIP, github_file("CheeEn-Yu/GenAI-Hw5", TANG_COMMIT)),
+    "huanhuan": FullDataset("huanhuan.json", f"https://github.com/datawhalechina/self-llm/tree/{HUANHUAN_COMMIT}/dataset",
+                            GITHUB_MIRROR_TIP, github_file("datawhalechina/self-llm", HUANHUAN_COMMIT, "dataset/")),
 }
 
 
@@ -148,9 +157,24 @@ def train_file(lesson: str, profile: Profile) -> Path:
     try:
         return download_full_dataset(lesson)
     except DownloadError as error:
-        print(
-            f"⚠ 拿不到完整数据集，本次改用课程自带的小数据集 {display_path(shipped)}（流程相同，效果会弱一些）。\n"
-            f"⚠ The full data set is unavailable: training on the shipped file {display_path(shipped)} instead "
+        warn(
+            f"拿不到完整数据集，本次改用课程自带的小数据集 {display_path(shipped)}（流程相同，效果会弱一些）。\n"
+            f"The full data set is unavailable: training on the shipped file {display_path(shipped)} instead "
             f"(same steps, weaker results).\n{error}"
         )
         return shipped
+
+
+def course_conversations(lesson: str, split: str, limit: int | None = None,
+                         profile: Profile | None = None) -> list[list[Message]]:
+    """A course data set as conversations; ``split`` is ``train`` or ``eval`` (the shipped held-out file).
+
+    ``train`` is the shipped file in the tiny profile and the full public set in the gpu profile
+    (downloaded as above; the shipped file when it cannot be had), without held-out questions.
+    """
+    _, eval_file, system = COURSE_DATASETS[lesson]
+    conversations = load_conversations(DATA_DIR / eval_file, system)
+    if split == "train":
+        train = load_conversations(train_file(lesson, profile or get_profile()), system)
+        conversations = drop_held_out(train, conversations)
+    return conversations[:limit] if limit else conversations

@@ -14,13 +14,14 @@ from peft import PeftModel
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from helpers.cost import NOTEBOOKS, lesson_cost
-from helpers.data import course_conversations, encode_conversations
+from helpers.data import encode_conversations
 from helpers.download import download_model
 from helpers.evaluate import persona_rate, score, share, stopped_by_itself, verse_form_rate, write_predictions
 from helpers.hardware import compute_dtype, device
+from helpers.hub_data import course_conversations
 from helpers.models import find_model
 from helpers.notebook_code import run_saved
-from helpers.paths import display_path, is_complete, outputs_dir
+from helpers.paths import display_path, is_complete, one_at_a_time, outputs_dir
 from helpers.profiles import Profile, get_profile
 from helpers.sft_run import PreparedRun, fit, prepare
 from helpers.templates import Message
@@ -100,9 +101,16 @@ def train_lesson(lesson: str, profile: Profile | None = None, force: bool = Fals
     """
     profile = profile or get_profile()
     target = adapter_dir(lesson, profile)
-    if is_complete(target) and not force:
-        print(f"使用已训练的适配器 / reusing adapter {display_path(target)}")
-        return target
+    with one_at_a_time(target):  # a notebook run beside this one (lesson 07 beside 04) waits, then reuses it
+        if is_complete(target) and not force:
+            print(f"使用已训练的适配器 / reusing adapter {display_path(target)}")
+            return target
+        train_adapter(lesson, profile, target, plot)
+    return target
+
+
+def train_adapter(lesson: str, profile: Profile, target: Path, plot: LossPlot | None = None) -> None:
+    """Train ``lesson``'s adapter with the recipe of ``profile`` and save it to ``target``, marker last."""
     recipe = profile.recipe(lesson)
     print(f"训练 {lesson} 的适配器 / training the {lesson} adapter: {recipe.max_steps} 步 steps, "
           f"{training_time(lesson, profile)}")
@@ -110,7 +118,6 @@ def train_lesson(lesson: str, profile: Profile | None = None, force: bool = Fals
     plot = plot or LossPlot(title=lesson, live=False, keys=("loss", "eval_loss"))
     trainer = fit(run, profile, checkpoint_dir(lesson, profile), callbacks=[plot], eval_during_training=True)
     save_adapter(trainer, run.tokenizer, target)
-    return target
 
 
 def load_tuned(lesson: str, profile: Profile | None = None, four_bit: bool = True) -> tuple[PeftModel, object]:
@@ -126,7 +133,8 @@ def load_tuned(lesson: str, profile: Profile | None = None, four_bit: bool = Tru
         base = load_model_4bit(model_dir, profile)
     else:
         base = AutoModelForCausalLM.from_pretrained(model_dir, dtype=compute_dtype(profile), device_map={"": device()})
-    return PeftModel.from_pretrained(base, adapter), AutoTokenizer.from_pretrained(adapter)
+    with one_at_a_time(adapter):  # not while lesson 04 or 05, run beside this one, rewrites it
+        return PeftModel.from_pretrained(base, adapter), AutoTokenizer.from_pretrained(adapter)
 
 
 def eos_ids(model, tokenizer) -> set[int]:

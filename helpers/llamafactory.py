@@ -26,7 +26,7 @@ from pathlib import Path
 
 import yaml
 
-from helpers.data import course_conversations
+from helpers.hub_data import course_conversations
 from helpers.models import ALL_LINEAR
 from helpers.paths import REPO_ROOT, display_path
 from helpers.profiles import Profile, get_profile

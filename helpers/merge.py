@@ -14,7 +14,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from helpers.download import download_model
 from helpers.hardware import compute_dtype, device
-from helpers.paths import COMPLETE_MARKER, display_path, is_complete, mark_complete, outputs_dir
+from helpers.paths import COMPLETE_MARKER, display_path, is_complete, mark_complete, one_at_a_time, outputs_dir
 from helpers.profiles import Profile, get_profile
 
 
@@ -37,13 +37,16 @@ def merge_lesson(lesson: str, profile: Profile | None = None) -> Path:
     """A lesson's merged model: reuse a finished one, else merge its adapter (``train_lesson`` it first)."""
     profile = profile or get_profile()
     target = merged_dir(lesson, profile)
-    if is_complete(target):
-        print(f"使用已合并的模型 / reusing merged model {display_path(target)}")
-        return target
-    from helpers.lessons import require_adapter  # here: merge_adapter alone needs no data or metrics (gpu_check.py)
+    with one_at_a_time(target):  # lessons 06, 08 and 11 run side by side merge once
+        if is_complete(target):
+            print(f"使用已合并的模型 / reusing merged model {display_path(target)}")
+            return target
+        from helpers.lessons import require_adapter  # here: merge_adapter alone needs no data or metrics
 
-    adapter = require_adapter(lesson, profile)
-    merge_adapter(download_model(profile=profile), adapter, target, compute_dtype(profile), profile.max_shard_size)
+        adapter = require_adapter(lesson, profile)
+        with one_at_a_time(adapter):
+            merge_adapter(download_model(profile=profile), adapter, target, compute_dtype(profile),
+                          profile.max_shard_size)
     return target
 
 

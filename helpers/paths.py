@@ -3,7 +3,11 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
+
+from filelock import FileLock, Timeout
 
 CACHE_ENV = "COURSE_CACHE"
 AUTODL_DATA_DISK = Path("/root/autodl-tmp")
@@ -57,3 +61,19 @@ def is_complete(folder: Path) -> bool:
 
 def mark_complete(folder: Path) -> None:
     (folder / COMPLETE_MARKER).write_text("ok\n", encoding="utf-8")
+
+
+@contextmanager
+def one_at_a_time(folder: Path) -> Iterator[None]:
+    """Hold ``folder``'s lock while building or reading it: notebooks run in parallel wait instead of colliding."""
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    lock = FileLock(folder.parent / f".{folder.name}.lock")
+    try:
+        lock.acquire(timeout=0)
+    except Timeout:
+        print(f"等待另一个进程写完 {display_path(folder)} / waiting for another process to finish writing it")
+        lock.acquire()
+    try:
+        yield
+    finally:
+        lock.release()

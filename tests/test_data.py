@@ -4,11 +4,11 @@ import sys
 import warnings
 
 import pytest
+import torch
 
 from helpers.data import (
     DataError,
     alpaca_to_messages,
-    course_conversations,
     encode_conversations,
     load_conversations,
     main,
@@ -16,6 +16,7 @@ from helpers.data import (
     sharegpt_to_messages,
     truncate,
 )
+from helpers.hub_data import course_conversations
 from helpers.messages import CourseWarning
 from helpers.paths import DATA_DIR
 from helpers.templates import IGNORE_INDEX
@@ -63,19 +64,115 @@ def test_encoding_equals_chat_template_with_exact_labels(tiny_tokenizer):
         assert row["labels"] == [IGNORE_INDEX] * len(prompt) + reply
 
 
-def test_truncation_keeps_a_short_response_whole():
+def test_truncation_keeps_the_start_of_the_prompt():
+    # Prevents: the system prompt and the role headers cut away (the old rule kept the end of the prompt).
     ids = list(range(100))
     labels = [IGNORE_INDEX] * 90 + ids[90:]
     new_ids, new_labels = truncate(ids, labels, 40)
-    assert len(new_ids) == 40 and new_ids[-10:] == ids[-10:] and new_labels[-10:] == ids[-10:]
-    assert new_ids[:30] == ids[60:90]  # the end of the prompt (the question) is kept
+    assert new_ids == ids[:30] + ids[90:] and new_labels == [IGNORE_INDEX] * 30 + ids[90:]
 
 
-def test_truncation_splits_the_budget_when_the_response_is_long():
+def test_truncation_splits_the_budget_when_both_are_long():
     ids = list(range(100))
     labels = [IGNORE_INDEX] * 40 + ids[40:]
     new_ids, new_labels = truncate(ids, labels, 50)
-    assert len(new_ids) == 50 and new_labels.count(IGNORE_INDEX) == 20
+    assert new_ids == ids[:20] + ids[40:70] and new_labels.count(IGNORE_INDEX) == 20
+
+
+def llamafactory_truncation(pairs: list[tuple[list[int], list[int]]], cutoff: int) -> tuple[list[int], list[int]]:
+    """Transcribed from LLaMA-Factory 0.9.5 (Apache-2.0): ``infer_seqlen`` and the turn loop of
+    ``SupervisedDatasetProcessor._encode_data_example`` (no efficient_eos, train_on_prompt and mask_history off)."""
+    input_ids, labels, total_length = [], [], 0
+    for source_ids, target_ids in pairs:
+        if total_length >= cutoff:
+            break
+        source_len, target_len, left = len(source_ids), len(target_ids), cutoff - total_length
+        if target_len * 2 < left:
+            max_target_len = left
+        elif source_len * 2 < left:
+            max_target_len = left - source_len
+        else:
+            max_target_len = int(left * (target_len / (source_len + target_len)))
+        new_target_len = min(max_target_len, target_len)
+        new_source_len = min(max(left - new_target_len, 0), source_len)
+        source_ids, target_ids = source_ids[:new_source_len], target_ids[:new_target_len]
+        total_length += new_source_len + new_target_len
+        input_ids += source_ids + target_ids
+        labels += [IGNORE_INDEX] * new_source_len + target_ids
+    return input_ids, labels
+
+
+def template_pairs(tokenizer, messages) -> list[tuple[list[int], list[int]]]:
+    """(prompt, reply) ids of each turn straight from the chat template, as LLaMA-Factory's encode_multiturn gives."""
+    def ids(part, generation_prompt=False):
+        return list(tokenizer.apply_chat_template(part, add_generation_prompt=generation_prompt)["input_ids"])
+    pairs, done = [], 0
+    for i, message in enumerate(messages):
+        if message["role"] == "assistant":
+            prompt, through_reply = ids(messages[:i], True), ids(messages[: i + 1])
+            pairs.append((through_reply[done:len(prompt)], through_reply[len(prompt):]))
+            done = len(through_reply)
+    return pairs
+
+
+def long_multi_turn_conversations() -> list[list[dict]]:
+    """Huanhuan and Tang rows chained three turns deep under one system prompt, long enough to be cut."""
+    rows = []
+    for lesson in ("huanhuan", "tang"):
+        conversations = course_conversations(lesson, "train")
+        for start in range(0, 12, 3):
+            turns = [m for c in conversations[start:start + 3] for m in c if m["role"] != "system"]
+            rows.append(conversations[start][:1] + turns)
+    return rows
+
+
+@pytest.mark.parametrize("cutoff", [48, 96, 192, 300])
+def test_truncation_matches_llamafactory_on_long_multi_turn_rows(tiny_tokenizer, cutoff):
+    # Prevents: the course training on different tokens than LLaMA-Factory for the same row and cutoff.
+    conversations = long_multi_turn_conversations()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", CourseWarning)
+        ours = encode_conversations(tiny_tokenizer, conversations, cutoff)
+    cut = 0
+    for messages, row in zip(conversations, ours, strict=True):
+        pairs = template_pairs(tiny_tokenizer, messages)
+        cut += sum(len(s) + len(t) for s, t in pairs) > cutoff
+        assert (row["input_ids"], row["labels"]) == llamafactory_truncation(pairs, cutoff)
+    assert cut >= len(conversations) // 2  # the rows really were cut, in a turn other than the last for some
+
+
+def test_truncated_rows_keep_the_system_prompt_and_headers(tiny_tokenizer):
+    # Prevents: a long Tang row starting mid-prompt (system prompt lost, possibly mid-character).
+    conversations = course_conversations("tang", "train")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", CourseWarning)
+        rows = encode_conversations(tiny_tokenizer, conversations, 64)
+    for messages, row in zip(conversations, rows, strict=True):
+        prompt = tiny_tokenizer.apply_chat_template(messages[:-1], add_generation_prompt=True)["input_ids"]
+        masked = next(i for i, label in enumerate(row["labels"]) if label != IGNORE_INDEX)
+        assert row["input_ids"][:masked] == list(prompt)[:masked]  # the start of the prompt, then the reply
+        assert tiny_tokenizer.decode(row["input_ids"]).startswith("<|im_start|>system\n" + messages[0]["content"][:20])
+
+
+def test_generation_prompts_are_never_cut(tiny_tokenizer):
+    # Prevents: an evaluation prompt cut at the cutoff so that it no longer ends with the assistant header.
+    from helpers.lessons import predict
+
+    class EchoModel:
+        """Stands in for a model: generate returns the prompt and one pad token."""
+        device, generation_config = "cpu", type("Config", (), {"eos_token_id": 2})()
+
+        def eval(self):
+            return self
+
+        def generate(self, input_ids, **_):
+            return torch.nn.functional.pad(input_ids, (0, 1), value=2)
+
+    conversations = sorted(course_conversations("tang", "eval"), key=lambda c: -len(str(c)))[:2]
+    for record, conversation in zip(predict(EchoModel(), tiny_tokenizer, conversations, 1), conversations,
+                                    strict=True):
+        assert record["prompt"].endswith("<|im_start|>assistant\n")
+        assert conversation[-2]["content"] in record["prompt"]
 
 
 def test_truncation_is_counted_in_a_warning(tiny_tokenizer):

@@ -5,9 +5,9 @@ from dataclasses import replace
 import pytest
 
 from helpers import download, hub_data
-from helpers.data import course_conversations
 from helpers.download import DownloadError, Source
-from helpers.hub_data import FULL_DATASETS, download_full_dataset, full_dataset_path
+from helpers.hub_data import FULL_DATASETS, course_conversations, download_full_dataset, full_dataset_path
+from helpers.messages import CourseWarning
 from helpers.paths import COMPLETE_MARKER
 from helpers.profiles import get_profile
 
@@ -60,13 +60,14 @@ def test_held_out_questions_are_dropped_from_a_full_set(monkeypatch, reachable, 
     assert len(train) == len(ROWS) and "dropped 1" in capsys.readouterr().out
 
 
-def test_every_source_failing_falls_back_to_the_shipped_file_with_a_warning(monkeypatch, reachable, capsys):
+def test_every_source_failing_falls_back_to_the_shipped_file_with_a_warning(monkeypatch, reachable):
     # Prevents: a gpu-profile lesson crashing (or silently shrinking) when the hub is out of reach.
     calls = []
     with_sources(monkeypatch, "tang", fake_source("GitHub", calls, fail=OSError("boom")),
                  fake_source("jsDelivr", calls, fail=TimeoutError("slow")))
-    assert course_conversations("tang", "train", profile=GPU) == course_conversations("tang", "train", profile=TINY)
-    out = capsys.readouterr().out
+    with pytest.warns(CourseWarning, match="The full data set is unavailable") as caught:
+        assert course_conversations("tang", "train", profile=GPU) == course_conversations("tang", "train", profile=TINY)
+    out = str(caught[0].message)
     assert calls == ["GitHub", "jsDelivr"]
     assert "GitHub: OSError: boom" in out and "jsDelivr: TimeoutError: slow" in out
     assert "data/tang/Tang_training_data.json" in out and "GITHUB_RAW_ENDPOINT" in out
@@ -96,7 +97,7 @@ def test_the_tiny_profile_never_touches_the_network(monkeypatch):
     assert len(course_conversations("nekoqa", "train", profile=TINY)) == 160
 
 
-def test_real_sources_at_a_refused_port_fail_fast(monkeypatch, capsys):
+def test_real_sources_at_a_refused_port_fail_fast(monkeypatch):
     # Prevents: an offline gpu-profile lesson hanging on unreachable hosts before it falls back.
     monkeypatch.setenv("HF_ENDPOINT", DEAD_PORT)
     monkeypatch.setenv("GITHUB_RAW_ENDPOINT", DEAD_PORT)
@@ -104,9 +105,10 @@ def test_real_sources_at_a_refused_port_fail_fast(monkeypatch, capsys):
     for lesson, names in {"nekoqa": ["Hugging Face"], "tang": ["GitHub", "jsDelivr"],
                           "huanhuan": ["GitHub", "jsDelivr"]}.items():
         start = time.perf_counter()
-        conversations = course_conversations(lesson, "train", profile=GPU)
+        with pytest.warns(CourseWarning) as caught:
+            conversations = course_conversations(lesson, "train", profile=GPU)
         assert time.perf_counter() - start < FAIL_FAST_S * len(names)
-        out = capsys.readouterr().out
+        out = str(caught[0].message)
         assert conversations == course_conversations(lesson, "train", profile=TINY)
         assert all(f"{name}: 127.0.0.1:9 不可达 unreachable" in out for name in names)
 
@@ -121,3 +123,16 @@ def test_real_github_client_fails_fast_when_the_probe_passes(monkeypatch):
         download_full_dataset("huanhuan")
     assert time.perf_counter() - start < FAIL_FAST_S
     assert str(failure.value).count("URLError") == 2
+
+
+def test_github_files_are_fetched_at_their_pinned_commit(monkeypatch, tmp_path):
+    # Prevents: students training on whatever the default branch holds today (rows change, results drift).
+    urls = []
+    monkeypatch.setattr(hub_data, "fetch_url", lambda url, target: urls.append(url))
+    for lesson, commit in (("tang", hub_data.TANG_COMMIT), ("huanhuan", hub_data.HUANHUAN_COMMIT)):
+        spec = FULL_DATASETS[lesson]
+        for source in spec.sources:
+            source.fetch(spec.file_name, tmp_path)
+        assert len(commit) == 40 and commit in spec.page
+    assert len(urls) == 4 and all(hub_data.TANG_COMMIT in u or hub_data.HUANHUAN_COMMIT in u for u in urls)
+    assert urls[1] == f"{hub_data.JSDELIVR_URL}/gh/CheeEn-Yu/GenAI-Hw5@{hub_data.TANG_COMMIT}/Tang_training_data.json"

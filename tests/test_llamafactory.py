@@ -4,7 +4,8 @@ import pytest
 import yaml
 
 from helpers import hub_data
-from helpers.data import course_conversations, read_records, to_messages
+from helpers.data import read_records, to_messages
+from helpers.hub_data import course_conversations
 from helpers.llamafactory import (
     dataset_entry,
     export,
@@ -18,8 +19,9 @@ from helpers.llamafactory import (
     template_for,
     training_yaml,
 )
+from helpers.models import SEVEN_PROJECTIONS
 from helpers.paths import CACHE_ENV
-from helpers.profiles import LORA_TARGET_MODULES, get_profile
+from helpers.profiles import get_profile
 
 GPU, TINY = get_profile("gpu"), get_profile("tiny")
 LESSONS = ("nekoqa", "tang", "huanhuan")
@@ -106,7 +108,7 @@ def test_training_yaml_carries_the_recipe(lesson):
     recipe = GPU.recipe(lesson)
     config = yaml.safe_load(training_yaml(lesson, GPU, "Qwen/Qwen2.5-1.5B-Instruct", f"course_{lesson}", "/data"))
     assert config["stage"] == "sft" and config["do_train"] is True and config["finetuning_type"] == "lora"
-    assert config["lora_target"].split(",") == list(LORA_TARGET_MODULES)
+    assert config["lora_target"].split(",") == list(SEVEN_PROJECTIONS)
     assert (config["lora_rank"], config["lora_alpha"], config["lora_dropout"]) == (
         recipe.lora_r, recipe.lora_alpha, recipe.lora_dropout)
     assert (config["quantization_bit"], config["quantization_type"], config["double_quantization"]) == (4, "nf4", True)
