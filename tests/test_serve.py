@@ -97,6 +97,24 @@ def test_server_that_exits_early_shows_its_last_log_lines(tiny_folder, tmp_path,
     assert "OSError: no weights here" in message
 
 
+# Prevents: a server that never answers hanging the notebook, or being left running after the timeout.
+def test_server_not_ready_in_time_is_stopped_with_a_clear_message(tiny_folder, tmp_path, monkeypatch):
+    hang = [sys.executable, "-c", "import time; print('still loading', flush=True); time.sleep(60)"]
+    monkeypatch.setattr(serve, "serve_command", lambda *args: hang)
+    started, popen = [], serve.subprocess.Popen
+
+    def recording_popen(*args, **kwargs):
+        started.append(popen(*args, **kwargs))
+        return started[-1]
+
+    monkeypatch.setattr(serve.subprocess, "Popen", recording_popen)
+    with pytest.raises(ServeError) as error:
+        start_server(tiny_folder, port=free_port(), timeout_s=1, log=tmp_path / "server.log")
+    message = str(error.value)
+    assert "1 秒内没有就绪" in message and "not ready within 1 s" in message and "still loading" in message
+    assert started[0].poll() is not None  # stopped, not left behind
+
+
 # Prevents: greedy_request drifting from the decoding that lessons 03-08 use (GREEDY), or dropping max_tokens.
 def test_greedy_request_carries_the_course_decoding():
     request = greedy_request(7)
