@@ -1,6 +1,6 @@
 """Lesson 11's server: transformers serve answers the official openai client as greedy generate does; clear errors.
 
-One real server (the tiny model on a free port) for the one test that needs it: ~20 s to start on 2 busy cores.
+One real server (the tiny model on a free port) for the one test that needs it: 10-30 s to start on 2 cores.
 """
 
 from __future__ import annotations
