@@ -27,7 +27,8 @@ def stream_reply(model, tokenizer, messages: list[Message], max_new_tokens: int,
         **settings,
     })
     thread.start()
-    yield from streamer
+    for piece in streamer:  # the last piece may end inside a character cut by max_new_tokens: drop its half
+        yield piece.rstrip("\ufffd")
     thread.join()
 
 

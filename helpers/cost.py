@@ -13,11 +13,13 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
+from functools import cache
 from pathlib import Path
 
 import torch
 
-from helpers.data import course_conversations, load_preferences
+from helpers.data import load_preferences
+from helpers.hub_data import course_conversations
 from helpers.memory import GIB, MemoryEstimate, Settings, estimate
 from helpers.models import MODELS, ModelShape, find_model
 from helpers.profiles import GPU_MODEL_ID, Recipe, get_profile
@@ -163,6 +165,7 @@ def row_lengths(lesson: str) -> list[tuple[int, int]]:
     return [(tokens(row[:-1]), tokens(row[-1:])) for row in rows]
 
 
+@cache  # one read of the data per lesson, however many models a cost table lists
 def row_tokens(lesson: str) -> float:
     """Estimated mean tokens of one training row of the shipped data."""
     lengths = row_lengths(lesson)

@@ -1,6 +1,7 @@
 """Course data: read JSON / JSON lines, validate rows, turn them into chat messages, encode with a label mask.
 
-Also a command: ``python -m helpers.data validate FILE`` (exit 0 when valid, 1 with the message otherwise).
+Also a command: ``python -m helpers.data validate FILE`` (exit 0 when valid, 1 with the message otherwise), and
+``python -m helpers.data csv2json qa.csv qa.json`` (a question / answer table -> Alpaca JSON).
 
 Every row is checked for role order (after an optional leading system turn, user and assistant alternate from
 the user's, and the assistant has the last turn), as LLaMA-Factory does when it drops invalid rows.
@@ -12,13 +13,15 @@ prompt/reply boundary and could not be located by ``encode_with_label_mask``.
 from __future__ import annotations
 
 import argparse
+import csv
+import io
 import json
+import random
 import sys
 from pathlib import Path
 
 from helpers.messages import warn
 from helpers.paths import DATA_DIR
-from helpers.profiles import Profile, get_profile
 from helpers.templates import IGNORE_INDEX, Message, TemplateError, encode_with_label_mask, strip_contents
 
 HUANHUAN_SYSTEM = (DATA_DIR / "huanhuan" / "system_prompt.txt").read_text(encoding="utf-8").strip()
@@ -247,8 +250,12 @@ def sharegpt_to_messages(row: dict, where: tuple[str, int] = ("<row>", 0)) -> li
 
 
 def _unstripped_messages(row: dict, system: str | None, where: tuple[str, int]) -> list[Message]:
+    """Any schema's row as messages; ``system`` starts the rows that have no system turn of their own."""
     if "conversations" in row or "messages" in row:
-        return sharegpt_to_messages(row, where)
+        messages = sharegpt_to_messages(row, where)
+        if system and messages[0]["role"] != "system":
+            messages = [{"role": "system", "content": system}, *messages]
+        return messages
     return alpaca_to_messages(row, system, where)
 
 
@@ -258,7 +265,10 @@ def to_messages(row: dict, system: str | None = None, where: tuple[str, int] = (
 
 
 def load_conversations(path: str | Path, system: str | None = None) -> list[list[Message]]:
-    """Read and validate a file; every row becomes a conversation, or a DataError names the bad row."""
+    """Read and validate a file; every row becomes a conversation, or a DataError names the bad row.
+
+    ``system``: the system prompt of every row that has none (an Alpaca ``system`` field or a first system turn).
+    """
     numbered = [(i, _unstripped_messages(row, system, (str(path), i)))
                 for i, row in enumerate(read_records(path), start=1)]
     warn_whitespace(path, numbered)
@@ -369,7 +379,7 @@ def encode_conversations(tokenizer, conversations: list[list[Message]], cutoff: 
 
 
 def drop_held_out(train: list[list[Message]], held_out: list[list[Message]]) -> list[list[Message]]:
-    """Training conversations whose last question is not a held-out one (the full sets were not written for us)."""
+    """Training conversations whose last question is not a held-out one: else the held-out loss measures recall."""
     questions = {conversation[-2]["content"] for conversation in held_out}
     kept = [conversation for conversation in train if conversation[-2]["content"] not in questions]
     if len(kept) < len(train):
@@ -378,21 +388,42 @@ def drop_held_out(train: list[list[Message]], held_out: list[list[Message]]) -> 
     return kept
 
 
-def course_conversations(lesson: str, split: str, limit: int | None = None,
-                         profile: Profile | None = None) -> list[list[Message]]:
-    """A course data set as conversations; ``split`` is ``train`` or ``eval`` (the shipped held-out file).
+DEFAULT_HELD_OUT_SHARE = 0.1  # your own data: the share of rows held out when no held-out file is given
 
-    ``train`` is the shipped file in the tiny profile and the full public set in the gpu profile
-    (``helpers.hub_data``; the shipped file when it cannot be had), without held-out questions.
+
+def split_held_out(conversations: list[list[Message]], share: float, seed: int,
+                   path: str | Path = "<data>") -> tuple[list[list[Message]], list[list[Message]]]:
+    """(train, held-out): ``share`` of the rows (at least 1) held out, picked with ``seed``: the same on every run."""
+    count = max(1, round(len(conversations) * share))
+    if count >= len(conversations):
+        raise DataError(
+            f"{path}: 只有 {len(conversations)} 行，留出 {count} 行后没有可训练的数据：请多放一些数据，"
+            "或用 --eval 另给一个留出集文件。\n"
+            f"{path}: {len(conversations)} rows leave nothing to train on after holding out {count}: "
+            "add rows, or give a held-out file with --eval."
+        )
+    held = set(random.Random(seed).sample(range(len(conversations)), count))
+    return ([c for i, c in enumerate(conversations) if i not in held],
+            [c for i, c in enumerate(conversations) if i in held])
+
+
+def own_conversations(path: str | Path, held_out_path: str | Path | None = None,
+                      share: float = DEFAULT_HELD_OUT_SHARE, system: str | None = None,
+                      seed: int = 42) -> tuple[list[list[Message]], list[list[Message]]]:
+    """Your data set as (train, held-out) conversations: the rows of ``held_out_path``, else ``share`` of the rows.
+
+    Any schema ``load_conversations`` reads; training rows whose question is held out are dropped.
     """
-    from helpers.hub_data import train_file  # imported here: hub_data imports this module
-
-    _, eval_file, system = COURSE_DATASETS[lesson]
-    conversations = load_conversations(DATA_DIR / eval_file, system)
-    if split == "train":
-        train = load_conversations(train_file(lesson, profile or get_profile()), system)
-        conversations = drop_held_out(train, conversations)
-    return conversations[:limit] if limit else conversations
+    conversations = load_conversations(path, system)
+    if held_out_path is None:
+        train, held_out = split_held_out(conversations, share, seed, path)
+    else:
+        train, held_out = conversations, load_conversations(held_out_path, system)
+    train = drop_held_out(train, held_out)
+    if not train:
+        raise DataError(f"{path}: 每一行的问题都在留出集里，没有可训练的数据。\n"
+                        f"{path}: every row's question is in the held-out set: nothing is left to train on.")
+    return train, held_out
 
 
 def load_preferences(split: str, path: Path | None = None) -> list[dict[str, list[Message]]]:
@@ -429,12 +460,83 @@ def validate(path: str | Path) -> str:
     return f"{path}: {len(records)} 行全部有效 / all {len(records)} rows valid"
 
 
+# csv2json's default columns, tried in order: the first header name present is used.
+QUESTION_COLUMNS = ("question", "instruction", "问题")
+ANSWER_COLUMNS = ("answer", "output", "回答")
+
+
+def _csv_column(path: Path, header: list[str], chosen: str | None, defaults: tuple[str, ...], option: str) -> str:
+    """The header name to read: ``chosen`` when given, else the first of ``defaults`` present; or a DataError."""
+    found = [chosen] if chosen else [name for name in defaults if name in header]
+    if found and found[0] in header:
+        return found[0]
+    wanted = repr(chosen) if chosen else " / ".join(map(repr, defaults))
+    listed = ", ".join(map(repr, header))
+    raise DataError(
+        f"{path}: 表头里没有 {wanted} 列（表头是：{listed}）；请用 {option} 列名 指定。\n"
+        f"{path}: no column {wanted} in the header (it has: {listed}); name the column with {option} NAME."
+    )
+
+
+def csv_to_alpaca(path: str | Path, question: str | None = None, answer: str | None = None) -> list[dict[str, str]]:
+    """A CSV table (UTF-8, with a header row) as Alpaca rows: ``question`` -> instruction, ``answer`` -> output."""
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(f"找不到 CSV 文件 {path}，请检查路径。\nCSV file not found: {path}; check the path.")
+    reader = csv.DictReader(io.StringIO(_decode(path), newline=""))
+    header = [name.strip() for name in reader.fieldnames or []]
+    if not header:
+        raise DataError(f"{path}: 文件是空的，第 1 行应是表头。\n{path}: the file is empty; line 1 must be the header.")
+    reader.fieldnames = header
+    columns = (_csv_column(path, header, question, QUESTION_COLUMNS, "--question"),
+               _csv_column(path, header, answer, ANSWER_COLUMNS, "--answer"))
+    rows = []
+    for record in reader:
+        cells = [(record.get(column) or "").strip() for column in columns]
+        for column, cell in zip(columns, cells, strict=True):
+            if not cell:
+                raise DataError(f"{path} 第 {reader.line_num} 行：{column!r} 列是空的，请填写或删除这一行。\n"
+                                f"{path} line {reader.line_num}: column {column!r} is empty; fill it in or delete "
+                                "the line.")
+        rows.append({"instruction": cells[0], "input": "", "output": cells[1]})
+    if not rows:
+        raise DataError(f"{path}: 表头下面没有数据行。\n{path}: there are no rows under the header.")
+    return rows
+
+
+def csv_to_json(source: str | Path, target: str | Path, question: str | None = None,
+                answer: str | None = None) -> str:
+    """Write ``source``'s question / answer table as an Alpaca JSON file; return what was written."""
+    rows = csv_to_alpaca(source, question, answer)
+    target = Path(target)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    target.write_text(json.dumps(rows, ensure_ascii=False, indent=2) + "\n", encoding="utf-8")
+    return (f"{target}: 写入 {len(rows)} 行 Alpaca 数据 / wrote {len(rows)} Alpaca rows\n"
+            f"训练 / train: python scripts/train.py --data {target} --output outputs/mydata")
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m helpers.data")
     sub = parser.add_subparsers(dest="command", required=True)
     check = sub.add_parser("validate", help="check data files / 检查数据文件")
     check.add_argument("files", nargs="+", type=Path)
+    convert = sub.add_parser("csv2json", help="问答 CSV 表格转成 Alpaca JSON / a question-answer CSV to Alpaca JSON",
+                             description="CSV 须为 UTF-8、第 1 行是表头 / UTF-8, header on line 1")
+    convert.add_argument("csv_file", type=Path)
+    convert.add_argument("json_file", type=Path)
+    convert.add_argument("--question", help=f"问题所在的列，默认 / column of the questions, default: "
+                                            f"{' / '.join(QUESTION_COLUMNS)}")
+    convert.add_argument("--answer", help=f"回答所在的列，默认 / column of the answers, default: "
+                                          f"{' / '.join(ANSWER_COLUMNS)}")
     args = parser.parse_args(argv)
+    if args.command == "csv2json":
+        try:
+            print(csv_to_json(args.csv_file, args.json_file, args.question, args.answer))
+            warn_duplicates(args.json_file, read_records(args.json_file))
+        except DataError as error:
+            print(error, file=sys.stderr)
+            return 1
+        return 0
     status = 0
     for file in args.files:
         try:

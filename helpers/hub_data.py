@@ -1,4 +1,6 @@
-"""The full training sets of the gpu profile, fetched once into ``<course cache>/datasets/<lesson>/``.
+"""The rows each lesson uses (``course_conversations``), and the gpu profile's full training sets behind them.
+
+The full sets are fetched once into ``<course cache>/datasets/<lesson>/``:
 
 - NekoQA-10K: Hugging Face data set ``liumindmind/NekoQA-10K`` (or the ``HF_ENDPOINT`` mirror);
 - Tang poems (NTU GenAI 2024 HW5): ``Tang_training_data.json`` in github.com/CheeEn-Yu/GenAI-Hw5;
@@ -21,12 +23,13 @@ from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
 
-from helpers.data import COURSE_DATASETS, DataError, load_conversations
+from helpers.data import COURSE_DATASETS, DataError, drop_held_out, load_conversations
 from helpers.download import DownloadError, Source, check_free_space, fetch_first, tried_lines
 from helpers.messages import warn
 from helpers.net import SUGGESTED_MIRROR, hf_endpoint
 from helpers.paths import DATA_DIR, cache_root, display_path, is_complete, mark_complete
-from helpers.profiles import Profile
+from helpers.profiles import Profile, get_profile
+from helpers.templates import Message
 
 GITHUB_RAW_ENV = "GITHUB_RAW_ENDPOINT"
 GITHUB_RAW_URL = "https://raw.githubusercontent.com"
@@ -160,3 +163,18 @@ def train_file(lesson: str, profile: Profile) -> Path:
             f"(same steps, weaker results).\n{error}"
         )
         return shipped
+
+
+def course_conversations(lesson: str, split: str, limit: int | None = None,
+                         profile: Profile | None = None) -> list[list[Message]]:
+    """A course data set as conversations; ``split`` is ``train`` or ``eval`` (the shipped held-out file).
+
+    ``train`` is the shipped file in the tiny profile and the full public set in the gpu profile
+    (downloaded as above; the shipped file when it cannot be had), without held-out questions.
+    """
+    _, eval_file, system = COURSE_DATASETS[lesson]
+    conversations = load_conversations(DATA_DIR / eval_file, system)
+    if split == "train":
+        train = load_conversations(train_file(lesson, profile or get_profile()), system)
+        conversations = drop_held_out(train, conversations)
+    return conversations[:limit] if limit else conversations

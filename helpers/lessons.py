@@ -10,30 +10,22 @@ import math
 from contextlib import nullcontext
 from pathlib import Path
 
-import torch
 from peft import PeftModel
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from helpers.cost import NOTEBOOKS, check_fits, lesson_cost
-from helpers.data import course_conversations, encode_conversations
+from helpers.cost import NOTEBOOKS, lesson_cost
+from helpers.data import encode_conversations
 from helpers.download import download_model
 from helpers.evaluate import persona_rate, score, share, stopped_by_itself, verse_form_rate, write_predictions
 from helpers.hardware import compute_dtype, device
+from helpers.hub_data import course_conversations
 from helpers.models import find_model
 from helpers.notebook_code import run_saved
 from helpers.paths import display_path, is_complete, one_at_a_time, outputs_dir
 from helpers.profiles import Profile, get_profile
-from helpers.templates import reply_label
-from helpers.train import (
-    LossPlot,
-    generate_ids,
-    heldout_loss,
-    load_model_4bit,
-    lora_config,
-    make_trainer,
-    sft_config,
-    train,
-)
+from helpers.sft_run import PreparedRun, fit, prepare
+from helpers.templates import Message, reply_label
+from helpers.train import LossPlot, generate_ids, heldout_loss, load_model_4bit
 
 LESSONS = ("nekoqa", "tang", "huanhuan")
 
@@ -47,11 +39,20 @@ def checkpoint_dir(lesson: str, profile: Profile) -> Path:
     return outputs_dir("checkpoints", f"{lesson}-{profile.run_name}")
 
 
+def lesson_split(lesson: str, split: str, profile: Profile) -> list[list[Message]]:
+    """A lesson's ``train`` or ``eval`` conversations, as many as its recipe uses (``train_rows``, ``eval_rows``)."""
+    recipe = profile.recipe(lesson)
+    return course_conversations(lesson, split, recipe.train_rows if split == "train" else recipe.eval_rows, profile)
+
+
 def encoded_split(lesson: str, split: str, tokenizer, profile: Profile) -> list[dict[str, list[int]]]:
     """A lesson's ``train`` or ``eval`` rows, encoded with the label mask at the recipe's cutoff."""
-    recipe = profile.recipe(lesson)
-    limit = recipe.train_rows if split == "train" else recipe.eval_rows
-    return encode_conversations(tokenizer, course_conversations(lesson, split, limit, profile), recipe.cutoff)
+    return encode_conversations(tokenizer, lesson_split(lesson, split, profile), profile.recipe(lesson).cutoff)
+
+
+def prepare_lesson(lesson: str, profile: Profile) -> PreparedRun:
+    """A lesson's run up to loading the model: its training and held-out rows encoded, the memory estimate printed."""
+    return prepare(profile, lesson, lesson_split(lesson, "train", profile), lesson_split(lesson, "eval", profile))
 
 
 def save_adapter(trainer, tokenizer, target: Path) -> None:
@@ -113,20 +114,10 @@ def train_adapter(lesson: str, profile: Profile, target: Path, plot: LossPlot | 
     recipe = profile.recipe(lesson)
     print(f"训练 {lesson} 的适配器 / training the {lesson} adapter: {recipe.max_steps} 步 steps, "
           f"{training_time(lesson, profile)}")
-    model_dir = download_model(profile=profile)
-    tokenizer = AutoTokenizer.from_pretrained(model_dir)
-    train_rows = encoded_split(lesson, "train", tokenizer, profile)
-    eval_rows = encoded_split(lesson, "eval", tokenizer, profile)
-    check_fits(model_dir, lesson, recipe)  # before loading: a run that cannot fit stops here, with what to lower
-    torch.manual_seed(profile.seed)
-    model = load_model_4bit(model_dir, profile)
-    args = sft_config(recipe, checkpoint_dir(lesson, profile), compute_dtype(profile), profile.seed,
-                      eval_steps=max(1, recipe.max_steps // 3))
+    run = prepare_lesson(lesson, profile)  # before loading: a run that cannot fit stops here, with what to lower
     plot = plot or LossPlot(title=lesson, live=False, keys=("loss", "eval_loss"))
-    trainer = make_trainer(model, tokenizer, train_rows, lora_config(recipe, profile.lora_targets), args,
-                           callbacks=[plot], eval_rows=eval_rows)
-    train(trainer, lesson, recipe)
-    save_adapter(trainer, tokenizer, target)
+    trainer = fit(run, profile, checkpoint_dir(lesson, profile), callbacks=[plot], eval_during_training=True)
+    save_adapter(trainer, run.tokenizer, target)
 
 
 def load_tuned(lesson: str, profile: Profile | None = None, four_bit: bool = True) -> tuple[PeftModel, object]:

@@ -26,8 +26,8 @@ from pathlib import Path
 
 import yaml
 
-from helpers.data import course_conversations
 from helpers.download import local_folder_name
+from helpers.hub_data import course_conversations
 from helpers.models import ALL_LINEAR, has_chat_template
 from helpers.paths import REPO_ROOT, display_path, is_complete, models_dir
 from helpers.profiles import TINY_MODEL_ID, Profile, get_profile

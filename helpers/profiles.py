@@ -17,7 +17,6 @@ from helpers.models import MODEL_ENV, SEVEN_PROJECTIONS, chosen_model, find_mode
 PROFILE_ENV = "COURSE_PROFILE"
 TINY_MODEL_ID = "HuggingFaceTB/SmolLM2-135M-Instruct"
 GPU_MODEL_ID = "Qwen/Qwen2.5-1.5B-Instruct"
-LORA_TARGET_MODULES = SEVEN_PROJECTIONS  # the course's default models all have the seven projections
 
 
 class ProfileError(ValueError):
@@ -53,7 +52,7 @@ class Profile:
     recipes: dict[str, Recipe]
     max_shard_size: str = "2GB"  # merged models are saved in safetensors shards of this size
     seed: int = 42
-    lora_targets: tuple[str, ...] | str = LORA_TARGET_MODULES  # "all-linear" for a model outside the table
+    lora_targets: tuple[str, ...] | str = SEVEN_PROJECTIONS  # "all-linear" for a model outside the table
     default_model_id: str = ""  # the profile's own model; set when COURSE_MODEL replaced it
 
     @property
@@ -96,6 +95,10 @@ GPU_RECIPES = {
     "nekoqa_dpo": Recipe(lora_r=32, lora_alpha=32, lora_dropout=0.05, learning_rate=2e-5, max_steps=100,
                          batch_size=2, grad_accum=4, cutoff=1024, warmup_steps=10, save_steps=50),
 }
+
+# Your own data set (``scripts/train.py --data``) trains with lesson 03's recipe, the general chat one: LoRA on every
+# projection, and on the gpu profile r=32, 150 steps of 8 rows, cutoff 2048 (change them with --max-steps, --cutoff).
+OWN_DATA_RECIPE = "nekoqa"
 
 PROFILES: dict[str, Profile] = {
     "tiny": Profile(

@@ -20,9 +20,9 @@ from trl.trainer.sft_trainer import DataCollatorForLanguageModeling
 
 from helpers.attention import fastest_attention
 from helpers.hardware import compute_dtype, device
-from helpers.models import ModelShape
+from helpers.models import SEVEN_PROJECTIONS, ModelShape
 from helpers.notebook_code import run_saved
-from helpers.profiles import LORA_TARGET_MODULES, Profile, Recipe
+from helpers.profiles import Profile, Recipe
 from helpers.templates import IGNORE_INDEX
 
 # peft 0.21 still reads the attribute transformers 5 renamed; the warning is theirs, not a student's problem.
@@ -37,7 +37,7 @@ def quantization_config(dtype: torch.dtype) -> BitsAndBytesConfig:
     return run_saved("quantization", {"dtype": dtype})["bnb_config"]
 
 
-def lora_config(recipe: Recipe, target_modules: tuple[str, ...] | str = LORA_TARGET_MODULES) -> LoraConfig:
+def lora_config(recipe: Recipe, target_modules: tuple[str, ...] | str = SEVEN_PROJECTIONS) -> LoraConfig:
     """LoRA on ``target_modules`` (default: the seven projections; ``profile.lora_targets``): notebook 03's cell."""
     return run_saved("lora", {"recipe": recipe, "target_modules": target_modules})["lora"]
 

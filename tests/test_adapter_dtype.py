@@ -9,8 +9,9 @@ from __future__ import annotations
 import pytest
 import torch
 
-from helpers.data import course_conversations, encode_conversations
+from helpers.data import encode_conversations
 from helpers.download import download_model
+from helpers.hub_data import course_conversations
 from helpers.profiles import get_profile
 from helpers.train import load_model_4bit, lora_config, make_trainer, sft_config
 

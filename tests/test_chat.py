@@ -39,6 +39,18 @@ def test_streamed_reply_equals_greedy_generation(tiny_model, tiny_tokenizer):
     assert streamed.strip()
 
 
+# Prevents: a reply ending in "�" when max_new_tokens stops inside a Chinese character (several tokens each).
+def test_a_character_cut_by_the_token_limit_is_not_shown(tiny_model, tiny_tokenizer):
+    from helpers.train import generate_ids
+
+    messages = [{"role": "user", "content": "请用中文介绍一下北京。"}]
+    ids = generate_ids(tiny_model, tiny_tokenizer, [messages], 24)[0]
+    cut = next(n for n in range(1, 25) if tiny_tokenizer.decode(ids[:n], skip_special_tokens=True).endswith("\ufffd"))
+    streamed = "".join(stream_reply(tiny_model, tiny_tokenizer, messages, max_new_tokens=cut))
+    assert streamed == tiny_tokenizer.decode(ids[:cut], skip_special_tokens=True).rstrip("\ufffd")
+    assert "\ufffd" not in streamed
+
+
 # Prevents: a chat that forgets earlier turns or drops the training system prompt from the second turn on.
 def test_chat_keeps_history_and_system_prompt(monkeypatch):
     calls = []

@@ -14,7 +14,8 @@ from peft import LoraConfig
 
 from helpers.env import WARNING, check_gpu
 from helpers.hardware import HardwareError, bf16_supported, compute_dtype
-from helpers.profiles import LORA_TARGET_MODULES, get_profile
+from helpers.models import SEVEN_PROJECTIONS
+from helpers.profiles import get_profile
 from helpers.train import LoraTargetError, check_lora_targets, make_trainer
 
 GPU = get_profile("gpu")
@@ -62,7 +63,7 @@ def tiny_model():
 
 
 def test_course_targets_and_peft_shorthands_pass(tiny_model):
-    check_lora_targets(tiny_model, list(LORA_TARGET_MODULES))
+    check_lora_targets(tiny_model, list(SEVEN_PROJECTIONS))
     check_lora_targets(tiny_model, {"self_attn.q_proj", "mlp.down_proj"})  # a longer suffix, as peft accepts
     check_lora_targets(tiny_model, "all-linear")
     check_lora_targets(tiny_model, r".*\.(q|v)_proj")  # a regular expression on the full name

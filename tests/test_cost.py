@@ -26,8 +26,9 @@ from helpers.cost import (
     lesson_settings,
     out_of_memory_error,
 )
-from helpers.data import course_conversations, encode_conversations
+from helpers.data import encode_conversations
 from helpers.hardware import compute_dtype
+from helpers.hub_data import course_conversations
 from helpers.memory import GIB, estimate
 from helpers.models import MODELS
 from helpers.profiles import GPU_MODEL_ID, TINY_MODEL_ID, get_profile

@@ -9,7 +9,6 @@ import torch
 from helpers.data import (
     DataError,
     alpaca_to_messages,
-    course_conversations,
     encode_conversations,
     load_conversations,
     main,
@@ -17,6 +16,7 @@ from helpers.data import (
     sharegpt_to_messages,
     truncate,
 )
+from helpers.hub_data import course_conversations
 from helpers.messages import CourseWarning
 from helpers.paths import DATA_DIR
 from helpers.templates import IGNORE_INDEX

@@ -5,9 +5,8 @@ from dataclasses import replace
 import pytest
 
 from helpers import download, hub_data
-from helpers.data import course_conversations
 from helpers.download import DownloadError, Source
-from helpers.hub_data import FULL_DATASETS, download_full_dataset, full_dataset_path
+from helpers.hub_data import FULL_DATASETS, course_conversations, download_full_dataset, full_dataset_path
 from helpers.messages import CourseWarning
 from helpers.paths import COMPLETE_MARKER
 from helpers.profiles import get_profile

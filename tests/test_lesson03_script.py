@@ -13,7 +13,8 @@ import sys
 
 import nbformat
 
-from helpers.data import course_conversations, encode_conversations
+from helpers.data import encode_conversations
+from helpers.hub_data import course_conversations
 from helpers.notebook_code import NOTEBOOK, SAVE_MARK
 from helpers.tiny_model import ensure_tiny_model
 

@@ -5,8 +5,9 @@ import pytest
 import yaml
 
 from helpers import hub_data, lessons, llamafactory
-from helpers.data import course_conversations, read_records, to_messages
+from helpers.data import read_records, to_messages
 from helpers.download import local_folder_name
+from helpers.hub_data import course_conversations
 from helpers.llamafactory import (
     dataset_entry,
     export,
@@ -20,8 +21,9 @@ from helpers.llamafactory import (
     template_for,
     training_yaml,
 )
+from helpers.models import SEVEN_PROJECTIONS
 from helpers.paths import CACHE_ENV, mark_complete, models_dir
-from helpers.profiles import LORA_TARGET_MODULES, get_profile
+from helpers.profiles import get_profile
 from helpers.templates import IGNORE_INDEX, default_system_prompt, encode_with_label_mask, reply_label
 from helpers.tiny_model import ensure_tiny_model
 
@@ -123,7 +125,7 @@ def test_training_yaml_carries_the_recipe(lesson):
     recipe = GPU.recipe(lesson)
     config = yaml.safe_load(training_yaml(lesson, GPU, "Qwen/Qwen2.5-1.5B-Instruct", f"course_{lesson}", "/data"))
     assert config["stage"] == "sft" and config["do_train"] is True and config["finetuning_type"] == "lora"
-    assert config["lora_target"].split(",") == list(LORA_TARGET_MODULES)
+    assert config["lora_target"].split(",") == list(SEVEN_PROJECTIONS)
     assert (config["lora_rank"], config["lora_alpha"], config["lora_dropout"]) == (
         recipe.lora_r, recipe.lora_alpha, recipe.lora_dropout)
     assert (config["quantization_bit"], config["quantization_type"], config["double_quantization"]) == (4, "nf4", True)

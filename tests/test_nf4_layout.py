@@ -14,7 +14,8 @@ import torch
 from peft import get_peft_model
 from trl.trainer.sft_trainer import DataCollatorForLanguageModeling
 
-from helpers.data import course_conversations, encode_conversations
+from helpers.data import encode_conversations
+from helpers.hub_data import course_conversations
 from helpers.profiles import get_profile
 from helpers.tiny_model import ensure_tiny_model
 from helpers.train import heldout_loss, load_model_4bit, lora_config

@@ -12,7 +12,8 @@ import torch
 from transformers import AutoModelForCausalLM
 
 from helpers.attention import PACKED_SDPA, sample_bounds
-from helpers.data import course_conversations, encode_conversations
+from helpers.data import encode_conversations
+from helpers.hub_data import course_conversations
 from helpers.profiles import get_profile
 from helpers.templates import IGNORE_INDEX
 from helpers.tiny_model import ensure_tiny_model
