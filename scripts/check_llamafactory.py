@@ -90,18 +90,27 @@ def venv_python() -> Path:
     return VENV / "bin" / "python"
 
 
-def run(command: list[str], log: Path | None = None, env: dict[str, str] | None = None) -> None:
-    """Run a command (output to ``log`` when given); CheckFailed with the log's tail when it fails."""
-    with (log.open("w", encoding="utf-8") if log else open(os.devnull, "w")) as out:
-        done = subprocess.run(command, stdout=out if log else None, stderr=subprocess.STDOUT if log else None,
-                              env=env, check=False)
+def run(command: list[str], log: Path, env: dict[str, str] | None = None) -> None:
+    """Run a command with its output in ``log``; CheckFailed with the log's last lines when it fails."""
+    with log.open("w", encoding="utf-8") as out:
+        done = subprocess.run(command, stdout=out, stderr=subprocess.STDOUT, env=env, check=False)
     if done.returncode:
-        tail = "\n".join(log.read_text(encoding="utf-8", errors="replace").splitlines()[-30:]) if log else ""
+        tail = "\n".join(log.read_text(encoding="utf-8", errors="replace").splitlines()[-30:])
         raise CheckFailed(f"命令失败 / command failed ({done.returncode}): {' '.join(command)}\n{tail}")
 
 
 def venv_output(code: str) -> str:
-    return subprocess.run([str(venv_python()), "-c", code], check=True, capture_output=True, text=True).stdout
+    """What ``code`` prints in the LLaMA-Factory venv; CheckFailed with its error output when it fails."""
+    done = subprocess.run([str(venv_python()), "-c", code], capture_output=True, text=True, check=False)
+    if done.returncode:
+        raise CheckFailed(f"{VENV.name}: {code}\n{done.stderr[-3000:]}")
+    return done.stdout
+
+
+def wanted_requirements(declared: list[str]) -> list[str]:
+    """LLaMA-Factory's declared requirements to install: not its extras, not torch / torchaudio / torchvision."""
+    return [str(req) for req in map(Requirement, declared)
+            if req.marker is None and req.name.lower() not in NOT_FROM_LLAMAFACTORY]
 
 
 def ensure_venv(rebuild: bool = False) -> None:
@@ -116,14 +125,12 @@ def ensure_venv(rebuild: bool = False) -> None:
     constraints = VENV / "constraints.txt"  # holds torch: no dependency may swap in a CUDA build
     constraints.write_text(pins["torch"] + "\n", encoding="utf-8")
     pip = [str(venv_python()), "-m", "pip", "install", "--disable-pip-version-check", "-q", "-c", str(constraints)]
-    log = VENV / "install.log"
-    run([*pip, pins["torch"]], log)
-    run([*pip, "--no-deps", LLAMAFACTORY], log)  # its torchaudio / torchvision requirements cannot be met
+    run([*pip, pins["torch"]], VENV / "install-torch.log")
+    # --no-deps: its torchaudio / torchvision requirements cannot be met; pip's warning about them is expected
+    run([*pip, "--no-deps", LLAMAFACTORY], VENV / "install-llamafactory.log")
     declared = json.loads(venv_output("import importlib.metadata as m, json; print(json.dumps(m.requires("
                                       "'llamafactory') or []))"))
-    wanted = [str(req) for req in map(Requirement, declared)
-              if req.marker is None and req.name.lower() not in NOT_FROM_LLAMAFACTORY]  # no extras: 0.9.5 has none
-    run([*pip, *wanted, *(pins[name] for name in FROM_COURSE)], log)
+    run([*pip, *wanted_requirements(declared), *(pins[name] for name in FROM_COURSE)], VENV / "install-deps.log")
     site = Path(venv_output("import sysconfig; print(sysconfig.get_paths()['purelib'])").strip())
     (site / "torchaudio").mkdir(exist_ok=True)
     (site / "torchaudio" / "__init__.py").write_text(TORCHAUDIO_STUB, encoding="utf-8")
@@ -311,7 +318,7 @@ def main(argv: list[str] | None = None) -> int:
         steps = (("parse", lambda: check_parse(written)), ("encode", lambda: check_encoding(written, tokenizer)),
                  ("train+predict", lambda: check_train_and_predict(written, args.lesson, tokenizer)))
     except CheckFailed as error:
-        print(f"[venv] 失败 / FAILED\n{error}", file=sys.stderr)
+        print(f"[准备 / setup] 失败 / FAILED\n{error}", file=sys.stderr)
         return 1
     failed = False
     for name, step in steps:

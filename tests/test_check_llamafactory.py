@@ -1,0 +1,55 @@
+"""The pure parts of ``scripts/check_llamafactory.py``; the check itself (a venv, LLaMA-Factory) is opt-in."""
+
+import importlib.util
+
+import pytest
+
+from helpers.paths import REPO_ROOT
+from helpers.templates import IGNORE_INDEX
+
+SCRIPT = REPO_ROOT / "scripts" / "check_llamafactory.py"
+
+
+def load_script():
+    """scripts/check_llamafactory.py as a module, without running it."""
+    spec = importlib.util.spec_from_file_location("check_llamafactory", SCRIPT)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+check = load_script()
+
+
+def test_llamafactory_requirements_leave_torch_and_its_audio_and_vision_packages_out():
+    # Prevents: pip swapping the course's CPU torch for a CUDA build, or failing on torchaudio / torchvision.
+    declared = ["torch>=2.4.0", "torchaudio>=2.4.0", "torchvision>=0.19.0", "peft<=0.18.1,>=0.18.0",
+                "transformers!=4.52.0,<=5.6.0,>=4.55.0", 'deepspeed>=0.10; extra == "deepspeed"']
+    assert check.wanted_requirements(declared) == ["peft<=0.18.1,>=0.18.0", "transformers!=4.52.0,<=5.6.0,>=4.55.0"]
+
+
+def test_the_venv_uses_the_course_pins():
+    pins = check.course_pins()
+    assert pins["torch"].startswith("torch==") and all(pins[name].startswith(f"{name}==") for name in check.FROM_COURSE)
+
+
+def test_equal_rows_pass_and_the_first_difference_is_shown_decoded(tiny_tokenizer):
+    ids = tiny_tokenizer("喵~ 主人好", add_special_tokens=False)["input_ids"]
+    ours = [{"input_ids": ids, "labels": [IGNORE_INDEX, *ids[1:]]}] * 2
+    theirs = {"input_ids": [ids, ids], "labels": [row["labels"] for row in ours]}
+    assert check.first_difference(tiny_tokenizer, "x", ours, theirs) is None
+    theirs["labels"] = [ours[0]["labels"], [IGNORE_INDEX, IGNORE_INDEX, *ids[2:]]]
+    report = check.first_difference(tiny_tokenizer, "x", ours, theirs)
+    assert "row 1 differs at token 1" in report and f">{ids[1]}/{ids[1]}" in report
+    assert "course rows, LLaMA-Factory 1" in check.first_difference(tiny_tokenizer, "x", ours, {"input_ids": [ids]})
+
+
+def test_the_torchaudio_stand_in_imports_and_refuses_any_use(tmp_path):
+    # Prevents: the stand-in breaking LLaMA-Factory's import, or silently pretending to load audio.
+    (tmp_path / "torchaudio").mkdir()
+    (tmp_path / "torchaudio" / "__init__.py").write_text(check.TORCHAUDIO_STUB, encoding="utf-8")
+    spec = importlib.util.spec_from_file_location("torchaudio_stub", tmp_path / "torchaudio" / "__init__.py")
+    stub = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(stub)
+    with pytest.raises(AttributeError, match="stand-in"):
+        stub.load("speech.wav")
