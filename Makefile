@@ -32,6 +32,6 @@ lint:
 	$(PYTHON) -m ruff check .
 
 # Opt-in, not part of `test`: installs LLaMA-Factory beside the course (its pins exclude the course's) and trains;
-# on 2 CPU cores about 8 minutes the first time (building the venv), 2 minutes after.
+# on 2 CPU cores 6-8 minutes the first time (building the venv), 2 minutes after.
 check-llamafactory: setup
 	$(PYTHON) scripts/check_llamafactory.py
