@@ -19,7 +19,8 @@ course: setup
 # The tests always use the tiny profile: deterministic, offline, CPU-friendly.
 test: setup
 	COURSE_PROFILE=tiny $(PYTHON) -m ruff check .
-	COURSE_PROFILE=tiny $(PYTHON) -m pytest -n 2 --durations=15 tests
+# One torch thread per process: two workers (and the processes some tests start) on 2 cores would oversubscribe them.
+	COURSE_PROFILE=tiny OMP_NUM_THREADS=1 $(PYTHON) -m pytest -n 2 --durations=15 tests
 # Every notebook under nbval, two at a time with one torch thread each; lesson 03 before those that use its adapter.
 	COURSE_PROFILE=tiny $(PYTHON) scripts/test_notebooks.py
 
