@@ -3,22 +3,11 @@
 import importlib.util
 
 import pytest
+from script_module import load_script
 
-from helpers.paths import REPO_ROOT
 from helpers.templates import IGNORE_INDEX
 
-SCRIPT = REPO_ROOT / "scripts" / "check_llamafactory.py"
-
-
-def load_script():
-    """scripts/check_llamafactory.py as a module, without running it."""
-    spec = importlib.util.spec_from_file_location("check_llamafactory", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-check = load_script()
+check = load_script("check_llamafactory")
 
 
 def test_llamafactory_requirements_leave_torch_and_its_audio_and_vision_packages_out():

@@ -6,29 +6,20 @@ One test trains (2 steps, 4 rows, 32 tokens on the tiny profile); the others sto
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import re
 
 import pytest
+from script_module import load_script
 
 from helpers.data import DataError, own_conversations, read_records, split_held_out
 from helpers.data import main as data_main
-from helpers.paths import DATA_DIR, REPO_ROOT
+from helpers.paths import DATA_DIR
 
-SCRIPT = REPO_ROOT / "scripts" / "train.py"
 SYSTEM = "你是一只猫娘"
 
 
-def load_script():
-    """scripts/train.py as a module: its ``main`` runs in this process (the imports are paid once)."""
-    spec = importlib.util.spec_from_file_location("train_script", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-train_script = load_script()
+train_script = load_script("train")
 
 # Ten NekoQA rows, the first with an earlier turn (Alpaca "history"), written in each schema the command reads.
 ALPACA = json.loads((DATA_DIR / "nekoqa" / "train.json").read_text(encoding="utf-8"))[:10]
