@@ -359,8 +359,9 @@ def truncate(input_ids: list[int], labels: list[int], cutoff: int) -> tuple[list
     return [input_ids[i] for i in kept], [labels[i] for i in kept]
 
 
-def encode_conversations(tokenizer, conversations: list[list[Message]], cutoff: int) -> list[dict[str, list[int]]]:
-    """Encode every conversation with the label mask, truncating to ``cutoff`` (with a warning count)."""
+def encode_and_count(tokenizer, conversations: list[list[Message]],
+                     cutoff: int) -> tuple[list[dict[str, list[int]]], int]:
+    """Every conversation encoded with the label mask and cut to ``cutoff``, and how many were longer than it."""
     encoded, truncated = [], 0
     for number, messages in enumerate(conversations, start=1):
         try:
@@ -375,7 +376,12 @@ def encode_conversations(tokenizer, conversations: list[list[Message]], cutoff: 
     if truncated:
         warn(f"{truncated} 条样本超过 {cutoff} 个 token，已截断；若被截掉的内容重要，请调大 cutoff。\n"
              f"{truncated} samples truncated to {cutoff} tokens; raise the cutoff if the cut part matters.")
-    return encoded
+    return encoded, truncated
+
+
+def encode_conversations(tokenizer, conversations: list[list[Message]], cutoff: int) -> list[dict[str, list[int]]]:
+    """Encode every conversation with the label mask, truncating to ``cutoff`` (with a warning count)."""
+    return encode_and_count(tokenizer, conversations, cutoff)[0]
 
 
 def drop_held_out(train: list[list[Message]], held_out: list[list[Message]]) -> list[list[Message]]:
@@ -511,6 +517,7 @@ def csv_to_json(source: str | Path, target: str | Path, question: str | None = N
     target = Path(target)
     target.parent.mkdir(parents=True, exist_ok=True)
     target.write_text(json.dumps(rows, ensure_ascii=False, indent=2) + "\n", encoding="utf-8")
+    warn_duplicates(target, rows)
     return (f"{target}: 写入 {len(rows)} 行 Alpaca 数据 / wrote {len(rows)} Alpaca rows\n"
             f"训练 / train: python scripts/train.py --data {target} --output outputs/mydata")
 
@@ -532,7 +539,6 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "csv2json":
         try:
             print(csv_to_json(args.csv_file, args.json_file, args.question, args.answer))
-            warn_duplicates(args.json_file, read_records(args.json_file))
         except DataError as error:
             print(error, file=sys.stderr)
             return 1

@@ -17,11 +17,11 @@ from transformers import AutoTokenizer, TrainerCallback
 from trl import SFTTrainer
 
 from helpers.cost import check_fits
-from helpers.data import encode_conversations
+from helpers.data import encode_and_count, encode_conversations
 from helpers.download import download_model
 from helpers.hardware import compute_dtype
 from helpers.profiles import Profile, Recipe
-from helpers.templates import Message, template_length
+from helpers.templates import Message
 from helpers.train import base_and_tuned_loss, load_model_4bit, logged_losses, lora_config, make_trainer, sft_config
 from helpers.train import train as train_with_resume
 
@@ -47,9 +47,8 @@ def prepare(profile: Profile, name: str, train: list[list[Message]],
     recipe = profile.recipe(name)
     model_dir = download_model(profile=profile)
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
-    train_rows = encode_conversations(tokenizer, train, recipe.cutoff)
+    train_rows, cut = encode_and_count(tokenizer, train, recipe.cutoff)
     held_out_rows = encode_conversations(tokenizer, held_out, recipe.cutoff)
-    cut = sum(template_length(tokenizer, conversation) > recipe.cutoff for conversation in train)
     PartialState().print(
         f"数据 / rows: 训练 train {len(train)} | 留出 held-out {len(held_out)}；超过 {recipe.cutoff} 个 token 被截断的"
         f"训练样本 / truncated at the cutoff: {cut} / {len(train)} ({cut / len(train):.0%})"

@@ -101,11 +101,6 @@ def _template_ids(tokenizer, messages: list[Message], add_generation_prompt: boo
     return list(encoded["input_ids"])
 
 
-def template_length(tokenizer, messages: list[Message]) -> int:
-    """Tokens of a conversation in the model's template: what ``encode_with_label_mask`` encodes, uncut."""
-    return len(_template_ids(tokenizer, messages))
-
-
 def _assistant_labels(tokenizer, messages: list[Message], input_ids: list[int]) -> list[int] | None:
     """Labels that learn every assistant turn of ``input_ids``; None when a turn's prompt is not a prefix of them."""
     labels = [IGNORE_INDEX] * len(input_ids)

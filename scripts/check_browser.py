@@ -14,7 +14,6 @@ from __future__ import annotations
 import argparse
 import os
 import shutil
-import socket
 import subprocess
 import sys
 import tempfile
@@ -29,6 +28,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run from anyw
 from helpers.lessons import LESSONS
 from helpers.paths import REPO_ROOT, display_path, outputs_dir
 from helpers.profiles import PROFILES
+from helpers.serve import free_port, log_tail
 
 CHROMIUM = Path("/usr/bin/chromium")
 CHROMEDRIVER = Path("/usr/bin/chromedriver")
@@ -101,18 +101,6 @@ def ensure_adapter(lesson: str, profile_name: str) -> None:
     from helpers.profiles import get_profile
 
     train_lesson(lesson, get_profile(profile_name))
-
-
-def free_port() -> int:
-    """A localhost port nothing listens on now."""
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
-
-
-def log_tail(log: Path, lines: int = 20) -> str:
-    """The last lines of the server's log, to show with a failure."""
-    return "\n".join(log.read_text(encoding="utf-8", errors="replace").splitlines()[-lines:])
 
 
 @contextmanager
