@@ -10,10 +10,16 @@ Everything else (padded batches, generation with a KV cache) goes to transformer
 with ``attn_implementation=PACKED_SDPA`` (``load_model_4bit`` does) to use it. The sample bounds are computed once
 per batch, not once per layer: on a GPU each computation waits for the device (``.tolist()``).
 
-``fastest_attention()`` picks what ``load_model_4bit`` uses: on a CUDA GPU with the ``flash_attn`` package,
-FlashAttention-2 (its variable-length kernel handles padding-free batches in one call); otherwise ``packed_sdpa``.
-Which is faster on a GPU without ``flash_attn``, ``packed_sdpa`` or plain ``sdpa`` (one masked square), is what
-``benchmarks/gpu_check.py`` measures; until it has, the course keeps ``packed_sdpa``, the one measured faster on CPU.
+``fastest_attention()`` picks what ``load_model_4bit`` uses, by what was measured on each device:
+
+- CPU: ``packed_sdpa`` (tiny profile, 2 cores: faster than one masked square, see lesson 03's appendix);
+- CUDA GPU: FlashAttention-2 when the ``flash_attn`` package is installed (its variable-length kernel handles
+  padding-free batches in one call), else PyTorch's ``sdpa``. On one H200 (2026-12-04, ``benchmarks/results/
+  gpu-nvidia-h200.json``) ``packed_sdpa`` was 2.3-2.8x *slower* than ``sdpa``: its per-sample loop launches small
+  kernels and waits for the device, and a GPU step is bound by such fixed costs, not by the masked-out work.
+  ``sdpa``'s block-diagonal mask does grow with the square of a packed row: at ~18k tokens in one row it cost more
+  than it saved (256 Huanhuan rows per step were slower per token than 128), so the batch planner
+  (``helpers.cost.plan_batch``) keeps a packed row under ``MAX_PACKED_TOKENS``.
 """
 
 from __future__ import annotations
@@ -32,10 +38,10 @@ _last_bounds: list = [None, None, None]  # the position_ids tensor last seen, it
 
 
 def fastest_attention() -> str:
-    """FlashAttention-2 on a CUDA GPU that has the ``flash_attn`` package, else the course's ``packed_sdpa``."""
-    if torch.cuda.is_available() and importlib.util.find_spec("flash_attn") is not None:
-        return "flash_attention_2"
-    return PACKED_SDPA
+    """CUDA: FlashAttention-2 when ``flash_attn`` is installed, else ``sdpa``; CPU: the course's ``packed_sdpa``."""
+    if not torch.cuda.is_available():
+        return PACKED_SDPA
+    return "flash_attention_2" if importlib.util.find_spec("flash_attn") is not None else "sdpa"
 
 
 def batch_bounds(position_ids: torch.Tensor) -> list[tuple[int, int]]:
