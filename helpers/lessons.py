@@ -13,7 +13,7 @@ from pathlib import Path
 from peft import PeftModel
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from helpers.cost import NOTEBOOKS, lesson_cost
+from helpers.cost import NOTEBOOKS, lesson_cost, minutes
 from helpers.data import encode_conversations
 from helpers.download import download_model
 from helpers.evaluate import persona_rate, score, share, stopped_by_itself, verse_form_rate, write_predictions
@@ -74,8 +74,8 @@ def training_time(lesson: str, profile: Profile) -> str:
         return TINY_TRAINING_TIME
     if find_model(profile.model_id) is None:
         return "见第 03 课开头的开销表 / see the cost table at the top of lesson 03"
-    minutes = lesson_cost(lesson, profile.model_id)["seconds"] / 60
-    return f"在 24 GB 显卡上估计约 {minutes:.0f} 分钟 / an estimated {minutes:.0f} minutes on a 24 GB GPU"
+    took = minutes(lesson_cost(lesson, profile.model_id)["seconds"])
+    return f"在 24 GB 显卡上估计约 {took} / an estimated {took} on a 24 GB GPU"
 
 
 def require_adapter(lesson: str, profile: Profile) -> Path:

@@ -5,13 +5,14 @@ pipeline (``load_model_4bit``, then TRL's SFTTrainer with LoRA on the seven proj
 
 - weights: with NF4 the seven projections of every layer take ``NF4_BITS_PER_PARAM`` = 4.127 bits (4-bit codes,
   an 8-bit absmax per 64 weights, a fp32 constant per 256 absmax); embeddings, norms, biases and an untied
-  ``lm_head`` stay in fp32, because ``prepare_model_for_kbit_training`` casts every non-4-bit parameter to fp32.
-  With ``16bit`` / ``32bit`` every parameter has that width.
+  ``lm_head`` are fp32 on CPU (``prepare_model_for_kbit_training`` casts every non-4-bit parameter to fp32) and in
+  the compute dtype on a GPU (lesson 03's load cell casts the frozen ones back, as LLaMA-Factory keeps them;
+  ``upcast_frozen=True`` describes runs that kept fp32). With ``16bit`` / ``32bit`` every parameter has that width.
 - LoRA: ``r * (in + out)`` parameters per projection (bf16 on a quantized model trained in bf16, fp32 otherwise),
   gradients of the same size, and optimizer states: AdamW keeps 2 states in the parameters' dtype, paged 8-bit
   AdamW 2 bytes per parameter.
 - activations, saved for backward. With checkpointing: every layer's input (``layers * tokens * hidden`` values
-  of the residual stream, fp32 after ``prepare_model_for_kbit_training``). Without: every layer's saved tensors,
+  of the residual stream, in the embeddings' dtype). Without: every layer's saved tensors,
   per token (measured with ``torch.autograd.graph.saved_tensors_hooks`` on SmolLM2 in fp32 and bf16):
   the two norm inputs (2h, residual dtype); the LoRA inputs, 5h for q/k/v/gate/up, h for o_proj and i for
   down_proj in LoRA dtype (shared with their source when the dtypes agree); q, k, v and the attention output
@@ -19,15 +20,18 @@ pipeline (``load_model_4bit``, then TRL's SFTTrainer with LoRA on the seven proj
   layer keeps a mask or k and v repeated to all heads); gate, up and silu(gate)
   (3i, residual dtype: bnb returns its input's dtype); the 7 LoRA A outputs (7r); with LoRA dropout one more copy
   of every LoRA input (7h + i). Both add the head's input (h), the boolean mask (tokens^2 bytes) and rotary cos/sin.
+- on a GPU, what the H200 runs held beyond these parts, fitted to them (``GPU_WORKSPACE``, ``GPU_RESIDUAL_COPIES``,
+  ``GPU_MASK_BYTES``, and a bf16 copy of an fp32 untied ``lm_head``): with them the estimate is 0-10% above every
+  committed measured peak (``tests/test_memory.py`` reads ``benchmarks/results/gpu-*.json``).
 - transient, the largest short-lived working set: the loss head and, with checkpointing, one recomputed layer
   plus its gradients, whichever is larger; plus one dequantized projection. TRL scores the vocabulary in tiles of
   ``min(tokens, 4096) x 32768`` logits: one tile in compute dtype on a GPU (its Triton kernel works in place); on
   CPU its torch fallback peaks at 8.26 fp32 tiles (measured on the kernel alone). Without TRL
   (``chunked_loss=False``) the whole ``tokens x vocab`` logits exist, in compute dtype plus a fp32 copy and its
   fp32 gradient: often the peak.
-- overhead: on a GPU the CUDA context and allocator slack (``CUDA_OVERHEAD``); on CPU the BLAS workspace the loss
-  head's first backward leaves allocated (``CPU_OVERHEAD``, measured), not the interpreter and libraries:
-  ``benchmarks/memory.py`` compares the RSS increase of training steps.
+- overhead: on a GPU the CUDA context and allocator slack (``CUDA_OVERHEAD``, outside ``max_memory_allocated``);
+  on CPU the BLAS workspace the loss head's first backward leaves allocated (``CPU_OVERHEAD``, measured), not the
+  interpreter and libraries: ``benchmarks/memory.py`` compares the RSS increase of training steps.
 
 ``fit_table()`` answers "does it fit on 24 / 48 / 80 GB" for the course's models and GPU recipes
 (``python -m helpers.memory``); ``reset_peak`` / ``peak_bytes`` / ``run_forked`` measure real peaks.
@@ -50,7 +54,11 @@ from helpers.profiles import GPU_RECIPES, Recipe, get_profile
 
 GIB = 2**30
 NF4_BITS_PER_PARAM = 4 + 8 / 64 + 32 / (64 * 256)  # = 4.127
-CUDA_OVERHEAD = int(0.75 * GIB)  # CUDA context (~500 MiB) plus allocator fragmentation
+CUDA_OVERHEAD = int(0.75 * GIB)  # CUDA context (~500 MiB) plus allocator fragmentation: not in max_memory_allocated
+# Fitted to the H200 runs (benchmarks/results/gpu-nvidia-h200.json; tests/test_memory.py checks every one):
+GPU_WORKSPACE = 128 * 2**20  # a constant the allocator counted beyond the parts (cuBLAS workspaces and the like)
+GPU_RESIDUAL_COPIES = 6  # residual-stream-sized tensors per token around the recomputed layer, beyond the 2 counted
+GPU_MASK_BYTES = 4  # bytes per element of a packed row's tokens x tokens mask: the boolean one and sdpa's own copies
 LOGIT_TILE = (4096, 32768)  # TRL's chunked log-prob kernel: tokens x vocabulary columns per tile
 # That kernel's torch fallback on CPU, measured alone (15-4096 tokens, vocabulary 32k-98k, hidden 576-1152): its
 # backward peaks at 8.26 fp32 tiles' worth per token row, and its first backward in a process keeps 282 MiB more.
@@ -84,13 +92,16 @@ class Settings:
     checkpointing: bool = True
     chunked_loss: bool = True  # TRL's SFTTrainer; False: plain transformers materializes the logits
     gpu: bool = True
+    # True: every frozen non-4-bit weight (embeddings, lm_head, norms) keeps prepare_model_for_kbit_training's fp32,
+    # as on CPU and on GPUs before 2026-12-04; False: cast back to the compute dtype (lesson 03's load cell on a GPU)
+    upcast_frozen: bool = False
 
     @classmethod
     def for_recipe(cls, recipe: Recipe, gpu: bool = True) -> Settings:
         """The course's pipeline for a recipe: NF4, bf16 and paged 8-bit AdamW on a GPU, fp32 and AdamW on CPU."""
         return cls(compute_bytes=2 if gpu else 4, lora_r=recipe.lora_r, lora_dropout=recipe.lora_dropout,
                    optimizer="paged_adamw_8bit" if gpu else "adamw", batch_size=recipe.batch_size,
-                   length=recipe.cutoff, gpu=gpu)
+                   length=recipe.cutoff, checkpointing=recipe.checkpointing, gpu=gpu)
 
     @property
     def tokens(self) -> int:
@@ -98,8 +109,10 @@ class Settings:
 
     @property
     def residual_bytes(self) -> int:
-        """Embeddings and norms: fp32 after ``prepare_model_for_kbit_training``, else the weights' width."""
-        return {"nf4": 4, "16bit": 2, "32bit": 4}[self.weights]
+        """Embeddings, norms and the residual stream: fp32 on CPU or when upcast, else the compute dtype."""
+        if self.weights == "nf4":
+            return 4 if self.upcast_frozen or self.compute_bytes == 4 else self.compute_bytes
+        return {"16bit": 2, "32bit": 4}[self.weights]
 
     @property
     def lora_bytes(self) -> int:
@@ -167,15 +180,17 @@ def loss_head_bytes(shape: ModelShape, settings: Settings) -> int:
 
 def estimate(shape: ModelShape, settings: Settings) -> MemoryEstimate:
     """What a training step's peak holds, part by part."""
-    tokens, res = settings.tokens, settings.residual_bytes
+    tokens, res, h = settings.tokens, settings.residual_bytes, shape.hidden_size
     lora = lora_parameters(shape, settings.lora_r)
     state_bytes = 2 if settings.optimizer == "paged_adamw_8bit" else 2 * settings.lora_bytes
     layer = layer_activation_bytes(shape, settings)
-    shared = tokens * (shape.hidden_size * res + 2 * shape.head_dim * 4)  # head input, rotary cos / sin
-    mask = tokens**2 if settings.batch_size > 1 else 0  # packed rows: a block-diagonal boolean mask
+    shared = tokens * (h * res + 2 * shape.head_dim * 4)  # head input, rotary cos / sin
+    # packed rows: a block-diagonal boolean mask (1 byte per element); on a GPU more copies (GPU_MASK_BYTES, fitted)
+    mask = tokens**2 * (GPU_MASK_BYTES if settings.gpu else 1) if settings.batch_size > 1 else 0
+    copies = 2 + (GPU_RESIDUAL_COPIES if settings.gpu else 0)  # residual-stream tensors around a recomputed layer
     if settings.checkpointing:
-        stored = shape.num_hidden_layers * tokens * shape.hidden_size * res
-        busiest = max(loss_head_bytes(shape, settings), layer + 2 * tokens * shape.hidden_size * res)
+        stored = shape.num_hidden_layers * tokens * h * res
+        busiest = max(loss_head_bytes(shape, settings), layer + copies * tokens * h * res)
     else:
         stored, busiest = shape.num_hidden_layers * layer, loss_head_bytes(shape, settings)
     dequantized = max(n_in * n_out for n_in, n_out in shape.projections()) * settings.compute_bytes
@@ -185,9 +200,17 @@ def estimate(shape: ModelShape, settings: Settings) -> MemoryEstimate:
         gradients=lora * settings.lora_bytes,
         optimizer=lora * state_bytes,
         activations=stored + shared + mask,
-        transient=busiest + (dequantized if settings.weights == "nf4" else 0),
+        transient=busiest + (dequantized if settings.weights == "nf4" else 0) + gpu_extra_bytes(shape, settings),
         overhead=CUDA_OVERHEAD if settings.gpu else CPU_OVERHEAD,
     )
+
+
+def gpu_extra_bytes(shape: ModelShape, settings: Settings) -> int:
+    """What the H200 runs held beyond the parts above: cuBLAS workspaces, and a bf16 copy of an fp32 untied head."""
+    if not settings.gpu:
+        return 0
+    upcast_head = settings.upcast_frozen and not shape.tie_word_embeddings and settings.compute_bytes == 2
+    return GPU_WORKSPACE + (shape.vocab_size * shape.hidden_size * 2 if upcast_head else 0)
 
 
 def fit_table(lesson: str = "nekoqa", models: dict[str, ModelShape] | None = None) -> str:

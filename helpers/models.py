@@ -2,9 +2,9 @@
 
 ``COURSE_MODEL`` (or ``--model`` on the scripts, or ``MODEL`` near the top of a notebook) takes a model id from
 either hub or a local folder. A model in ``MODELS`` brings its ModelScope and Hugging Face ids, chat template family,
-LoRA targets and, per lesson, a micro-batch / gradient accumulation that fits a 24 GB card at that lesson's cutoff
-(checked with ``helpers.memory.estimate`` in ``tests/test_models.py``). Any other model works when its tokenizer has
-a chat template: LoRA then goes on all its linear layers (peft's ``"all-linear"``).
+LoRA targets and shape (the numbers of its config.json that decide memory: ``helpers.cost.plan_batch`` splits a
+recipe's rows into micro-batches that fit the card from them). Any other model works when its tokenizer has a chat
+template: LoRA then goes on all its linear layers (peft's ``"all-linear"``).
 
 The hub ids were taken from the hubs' public pages; this table was written on machines without hub access.
 """
@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import json
 import os
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, fields
 from functools import cache
 from pathlib import Path
 
@@ -73,14 +73,12 @@ class ModelShape:
 
 @dataclass(frozen=True)
 class KnownModel:
-    """A model of the course's table: where to download it, how it chats, and how to batch it on 24 GB."""
+    """A model of the course's table: where to download it, how it chats, and where LoRA goes."""
 
     hf_id: str
     modelscope_id: str
     template: str  # "chatml", "llama3" or "llama2" (helpers.templates renders each by hand)
     shape: ModelShape
-    # lesson -> (per-device batch, gradient accumulation) on a 24 GB card; lessons not listed keep the recipe's
-    batches: dict[str, tuple[int, int]] = field(default_factory=dict)
     gated: bool = False  # Hugging Face asks for the licence to be accepted before downloading
     lora_targets: tuple[str, ...] = SEVEN_PROJECTIONS
 
@@ -90,32 +88,25 @@ class KnownModel:
         return self.hf_id.rsplit("/", 1)[-1]
 
 
-# Batches keep each recipe's effective batch (nekoqa 8, tang 16, huanhuan 16, nekoqa_dpo 8): the largest micro-batch,
-# at most 8, whose estimated peak (helpers.memory) stays under 75% of 24 GiB, a margin for the estimator's error
-# until a GPU run measures it (benchmarks/gpu_check.py). tests/test_models.py checks every entry. SmolLM2 (the tiny
-# model) shares the small models' batches, though it could take more.
-SMALL = {"nekoqa": (8, 1), "tang": (8, 2), "huanhuan": (8, 2), "nekoqa_dpo": (4, 2)}
-LARGE = {"nekoqa": (4, 2), "tang": (8, 2), "huanhuan": (8, 2), "nekoqa_dpo": (2, 4)}
 # Shapes: the models' config.json numbers.
 MODELS: dict[str, KnownModel] = {
     model.hf_id: model
     for model in (
         KnownModel("HuggingFaceTB/SmolLM2-135M-Instruct", "HuggingFaceTB/SmolLM2-135M-Instruct", "chatml",
-                   ModelShape(576, 1536, 30, 9, 3, 64, 49152, True), SMALL),
+                   ModelShape(576, 1536, 30, 9, 3, 64, 49152, True)),
         KnownModel("Qwen/Qwen2.5-0.5B-Instruct", "Qwen/Qwen2.5-0.5B-Instruct", "chatml",
-                   ModelShape(896, 4864, 24, 14, 2, 64, 151936, True, True), SMALL),
+                   ModelShape(896, 4864, 24, 14, 2, 64, 151936, True, True)),
         KnownModel("Qwen/Qwen2.5-1.5B-Instruct", "Qwen/Qwen2.5-1.5B-Instruct", "chatml",
-                   ModelShape(1536, 8960, 28, 12, 2, 128, 151936, True, True), SMALL),
+                   ModelShape(1536, 8960, 28, 12, 2, 128, 151936, True, True)),
         KnownModel("meta-llama/Llama-3.2-3B-Instruct", "LLM-Research/Llama-3.2-3B-Instruct", "llama3",
-                   ModelShape(3072, 8192, 28, 24, 8, 128, 128256, True), SMALL, gated=True),
+                   ModelShape(3072, 8192, 28, 24, 8, 128, 128256, True), gated=True),
         KnownModel("Qwen/Qwen2.5-7B-Instruct", "Qwen/Qwen2.5-7B-Instruct", "chatml",
-                   ModelShape(3584, 18944, 28, 28, 4, 128, 152064, False, True), LARGE),
+                   ModelShape(3584, 18944, 28, 28, 4, 128, 152064, False, True)),
         KnownModel("meta-llama/Llama-3.1-8B-Instruct", "LLM-Research/Meta-Llama-3.1-8B-Instruct", "llama3",
-                   ModelShape(4096, 14336, 32, 32, 8, 128, 128256, False), LARGE, gated=True),
+                   ModelShape(4096, 14336, 32, 32, 8, 128, 128256, False), gated=True),
         # The [INST] <<SYS>> template of the NekoQA and Tang (NTU GenAI HW5) tutorials' Llama-2 chat models.
         KnownModel("meta-llama/Llama-2-7b-chat-hf", "modelscope/Llama-2-7b-chat-ms", "llama2",
-                   ModelShape(4096, 11008, 32, 32, 32, 128, 32000, False),
-                   {**LARGE, "nekoqa_dpo": (4, 2)}, gated=True),
+                   ModelShape(4096, 11008, 32, 32, 32, 128, 32000, False), gated=True),
     )
 }
 

@@ -3,16 +3,18 @@
 A profile only fixes sizes, names and dtypes; the code path is the same for both.
 Choose one with the environment variable ``COURSE_PROFILE`` (``tiny`` or ``gpu``);
 without it the course picks ``gpu`` when a CUDA GPU is present, else ``tiny``.
-``COURSE_MODEL`` swaps the profile's model (``helpers.models``): its hub ids, LoRA targets and 24 GB batches.
+``COURSE_MODEL`` swaps the profile's model (``helpers.models``): its hub ids and LoRA targets. How a recipe's rows per
+optimizer step are split into micro-batches is planned for the model and card at run time (``helpers.cost.plan_batch``).
 """
 
 from __future__ import annotations
 
+import math
 import os
 import re
 from dataclasses import dataclass, replace
 
-from helpers.models import MODEL_ENV, SEVEN_PROJECTIONS, chosen_model, find_model, lora_targets
+from helpers.models import MODEL_ENV, SEVEN_PROJECTIONS, chosen_model, lora_targets
 
 PROFILE_ENV = "COURSE_PROFILE"
 TINY_MODEL_ID = "HuggingFaceTB/SmolLM2-135M-Instruct"
@@ -39,6 +41,26 @@ class Recipe:
     save_steps: int
     train_rows: int | None = None  # None: every row of the data set
     eval_rows: int = 20
+    checkpointing: bool = True  # activation checkpointing; helpers.cost.plan_batch turns it off where memory allows
+
+    @property
+    def rows_per_step(self) -> int:
+        """Rows per optimizer step: the micro-batch times gradient accumulation."""
+        return self.batch_size * self.grad_accum
+
+
+def larger_batch(recipe: Recipe, rows_per_step: int) -> Recipe:
+    """The same rows (same epochs) in fewer, larger optimizer steps: the faster recipe a lesson offers.
+
+    Steps shrink by the factor k = new rows per step / old; the learning rate grows by sqrt(k) (the square-root rule
+    for Adam: the gradient's noise falls with sqrt(k)), warm-up and checkpoint spacing shrink by k.
+    """
+    factor = rows_per_step / recipe.rows_per_step
+    return replace(recipe, batch_size=rows_per_step, grad_accum=1,
+                   max_steps=max(1, round(recipe.max_steps / factor)),
+                   learning_rate=float(f"{recipe.learning_rate * math.sqrt(factor):.2g}"),
+                   warmup_steps=round(recipe.warmup_steps / factor),
+                   save_steps=max(1, round(recipe.save_steps / factor)))
 
 
 @dataclass(frozen=True)
@@ -53,6 +75,7 @@ class Profile:
     max_shard_size: str = "2GB"  # merged models are saved in safetensors shards of this size
     seed: int = 42
     lora_targets: tuple[str, ...] | str = SEVEN_PROJECTIONS  # "all-linear" for a model outside the table
+    faster_rows: dict[str, int] | None = None  # lesson -> rows per optimizer step of its faster recipe
     default_model_id: str = ""  # the profile's own model; set when COURSE_MODEL replaced it
 
     @property
@@ -73,6 +96,10 @@ class Profile:
             known = ", ".join(self.recipes)
             raise ProfileError(f"没有课程 {lesson!r} 的配方 / no recipe for {lesson!r}; known: {known}")
         return self.recipes[lesson]
+
+    def faster_recipe(self, lesson: str) -> Recipe:
+        """The lesson's recipe with more rows per optimizer step and proportionally fewer steps (``larger_batch``)."""
+        return larger_batch(self.recipe(lesson), (self.faster_rows or {})[lesson])
 
 
 # Tiny: a 135M model, a few dozen steps on 2 CPU cores, a high learning rate so a short run shows learning.
@@ -96,6 +123,11 @@ GPU_RECIPES = {
                          batch_size=2, grad_accum=4, cutoff=1024, warmup_steps=10, save_steps=50),
 }
 
+# Faster recipes (larger_batch): about 9k tokens per optimizer step on the course data, where one H200 step of the
+# default 1.5B model reached 9-12k real tokens/s (benchmarks/results/gpu-nvidia-h200.json). Tiny: 2x, to compare.
+GPU_FASTER_ROWS = {"nekoqa": 64, "tang": 64, "huanhuan": 128}
+TINY_FASTER_ROWS = dict.fromkeys(("nekoqa", "tang", "huanhuan"), 8)
+
 # Your own data set (``scripts/train.py --data``) trains with lesson 03's recipe, the general chat one: LoRA on every
 # projection, and on the gpu profile r=32, 150 steps of 8 rows, cutoff 2048 (change them with --max-steps, --cutoff).
 OWN_DATA_RECIPE = "nekoqa"
@@ -108,6 +140,7 @@ PROFILES: dict[str, Profile] = {
         max_new_tokens=48,
         recipes={"nekoqa": TINY_RECIPE, "tang": TINY_RECIPE, "huanhuan": TINY_RECIPE, "nekoqa_dpo": TINY_DPO_RECIPE},
         max_shard_size="200MB",  # small shards so the tiny run shows what sharding looks like
+        faster_rows=TINY_FASTER_ROWS,
     ),
     "gpu": Profile(
         name="gpu",
@@ -115,6 +148,7 @@ PROFILES: dict[str, Profile] = {
         compute_dtype="bfloat16",
         max_new_tokens=256,
         recipes=GPU_RECIPES,
+        faster_rows=GPU_FASTER_ROWS,
     ),
 }
 
@@ -129,13 +163,8 @@ def cuda_available() -> bool:
 
 
 def with_model(profile: Profile, model_id: str) -> Profile:
-    """The profile training ``model_id`` instead: its LoRA targets and, on the gpu profile, its 24 GB batches."""
-    known = find_model(model_id)
-    recipes = dict(profile.recipes)
-    if known and not profile.is_tiny:
-        for lesson, (batch_size, grad_accum) in known.batches.items():
-            recipes[lesson] = replace(recipes[lesson], batch_size=batch_size, grad_accum=grad_accum)
-    return replace(profile, model_id=model_id, recipes=recipes, lora_targets=lora_targets(model_id),
+    """The profile training ``model_id`` instead, with its LoRA targets (the batch split is planned per card)."""
+    return replace(profile, model_id=model_id, lora_targets=lora_targets(model_id),
                    default_model_id=profile.default_model_id or profile.model_id)
 
 

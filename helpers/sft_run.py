@@ -16,7 +16,7 @@ from accelerate import PartialState
 from transformers import AutoTokenizer, TrainerCallback
 from trl import SFTTrainer
 
-from helpers.cost import check_fits
+from helpers.cost import plan_batch
 from helpers.data import encode_and_count, encode_conversations
 from helpers.download import download_model
 from helpers.hardware import compute_dtype
@@ -40,11 +40,12 @@ class PreparedRun:
 
 def prepare(profile: Profile, name: str, train: list[list[Message]],
             held_out: list[list[Message]]) -> PreparedRun:
-    """Encode both splits at recipe ``name``'s cutoff; print the rows, the share truncated and the memory estimate.
+    """Encode both splits at recipe ``name``'s cutoff; print the rows, the share truncated, the batch split for this
+    card and the memory estimate.
 
     Nothing is loaded yet: a run that cannot fit the GPU stops here with ``MemoryFitError`` and what to lower.
     """
-    recipe = profile.recipe(name)
+    recipe = profile.recipe(name)  # its rows per optimizer step; plan_batch splits them for this card
     model_dir = download_model(profile=profile)
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
     train_rows, cut = encode_and_count(tokenizer, train, recipe.cutoff)
@@ -53,7 +54,7 @@ def prepare(profile: Profile, name: str, train: list[list[Message]],
         f"数据 / rows: 训练 train {len(train)} | 留出 held-out {len(held_out)}；超过 {recipe.cutoff} 个 token 被截断的"
         f"训练样本 / truncated at the cutoff: {cut} / {len(train)} ({cut / len(train):.0%})"
     )
-    check_fits(model_dir, name, recipe)
+    recipe = plan_batch(model_dir, name, recipe, [len(row["input_ids"]) for row in train_rows])
     return PreparedRun(name, recipe, model_dir, tokenizer, train_rows, held_out_rows)
 
 
