@@ -1,10 +1,13 @@
-"""The LoRA weights train in the compute dtype: fp32 on CPU, bf16 only when training in bf16.
+"""Weights train and rest in the compute dtype: fp32 on CPU, bf16 on a GPU that trains in bf16.
 
 TRL casts a quantized model's trainable weights to bf16; on CPU, where the course computes in fp32, that made the
 rank-8 LoRA matmuls ~40x slower than in fp32 (half of every tiny training step). ``make_trainer`` undoes the cast.
+The frozen embeddings, head and norms follow the compute dtype too (lesson 03's load cell).
 """
 
 from __future__ import annotations
+
+import math
 
 import pytest
 import torch
@@ -12,8 +15,9 @@ import torch
 from helpers.data import encode_conversations
 from helpers.download import download_model
 from helpers.hub_data import course_conversations
+from helpers.notebook_code import run_saved
 from helpers.profiles import get_profile
-from helpers.train import load_model_4bit, lora_config, make_trainer, sft_config
+from helpers.train import heldout_loss, load_model_4bit, lora_config, make_trainer, quantization_config, sft_config
 
 
 @pytest.fixture(scope="module")
@@ -37,3 +41,25 @@ def test_lora_weights_are_fp32_when_training_in_fp32(tiny_tokenizer, rows, tmp_p
 # Prevents: losing the QLoRA paper's bf16 adapters on GPUs that train in bf16.
 def test_lora_weights_stay_bf16_when_training_in_bf16(tiny_tokenizer, rows, tmp_path):
     assert trainable_dtypes(torch.bfloat16, tiny_tokenizer, rows, tmp_path) == {torch.bfloat16}
+
+
+def load_cell_model(dtype: torch.dtype):
+    """Notebook 03's load cell as it runs on a machine computing in ``dtype`` (bf16: a GPU's)."""
+    namespace = {"model_dir": download_model(profile=get_profile("tiny")), "dtype": dtype,
+                 "bnb_config": quantization_config(dtype), "attention": "sdpa", "device_map": "cpu"}
+    return run_saved("load_4bit", namespace)["model"]
+
+
+def frozen_dtypes(model) -> set[torch.dtype]:
+    return {param.dtype for param in model.parameters() if type(param).__name__ != "Params4bit"}
+
+
+# Prevents: a GPU run keeping prepare_model_for_kbit_training's fp32 embedding and lm_head (7B: 2 GiB more, measured
+# on an H200), or a bf16 model that fails outside the trainer's autocast (held-out loss, generation) because some
+# frozen weight stayed fp32; and the CPU's fp32 path changing.
+def test_frozen_weights_follow_the_compute_dtype(tiny_tokenizer, one_thread):
+    assert frozen_dtypes(load_cell_model(torch.float32)) == {torch.float32}
+    model = load_cell_model(torch.bfloat16)  # bf16 on CPU is slow: two short rows only
+    assert frozen_dtypes(model) == {torch.bfloat16}
+    short = encode_conversations(tiny_tokenizer, course_conversations("nekoqa", "train", 2), 32)
+    assert math.isfinite(heldout_loss(model, short))  # a plain forward, no autocast

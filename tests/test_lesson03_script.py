@@ -30,7 +30,7 @@ tokenizer = AutoTokenizer.from_pretrained(model_dir)
 train_rows = json.loads({train_rows!r})
 eval_rows = json.loads({eval_rows!r})
 recipe = types.SimpleNamespace(lora_r=4, lora_alpha=8, lora_dropout=0.0, learning_rate=1e-3, max_steps=2,
-                               batch_size=2, grad_accum=1, warmup_steps=0, save_steps=1)
+                               batch_size=2, grad_accum=1, warmup_steps=0, save_steps=1, checkpointing=True)
 target_modules = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
 dtype = torch.float32
 output_dir = {output_dir!r}
