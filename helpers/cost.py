@@ -141,11 +141,12 @@ def advice(shape: ModelShape, lesson: str, recipe: Recipe, capacity: int) -> str
             lines.append(f"  - 截断长度 / cutoff (max_length) {cutoff}，批大小 / batch 1")
             break
     seed = get_profile("gpu").recipe(lesson)  # each smaller model planned for this card, as plan_batch would
-    smaller = [model.hf_id for model in MODELS.values()
-               if model.shape != shape and "SmolLM2" not in model.hf_id
-               and needed_bytes(model.shape, lesson, planned_recipe(model.shape, lesson, seed, capacity)) <= limit]
-    if smaller:
-        lines.append(f"  - 换小一点的模型 / a smaller model: COURSE_MODEL={smaller[-1]}")
+    smaller = sorted((model for model in MODELS.values()
+                      if model.shape.parameters() < shape.parameters() and "SmolLM2" not in model.hf_id
+                      and needed_bytes(model.shape, lesson, planned_recipe(model.shape, lesson, seed, capacity))
+                      <= limit), key=lambda model: model.shape.parameters())
+    if smaller:  # the largest that fits
+        lines.append(f"  - 换小一点的模型 / a smaller model: COURSE_MODEL={smaller[-1].hf_id}")
     return "\n".join(lines) or "  - 换一块显存更大的 GPU / use a GPU with more memory"
 
 

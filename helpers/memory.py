@@ -50,7 +50,7 @@ from typing import TypeVar
 import torch
 
 from helpers.models import MODELS, ModelShape
-from helpers.profiles import GPU_RECIPES, Recipe, get_profile
+from helpers.profiles import GPU_RECIPES, Recipe
 
 GIB = 2**30
 NF4_BITS_PER_PARAM = 4 + 8 / 64 + 32 / (64 * 256)  # = 4.127
@@ -216,14 +216,14 @@ def gpu_extra_bytes(shape: ModelShape, settings: Settings) -> int:
 def fit_table(lesson: str = "nekoqa", models: dict[str, ModelShape] | None = None) -> str:
     """Estimated GPU memory of each model with QLoRA and with 16-bit LoRA, and whether it fits on 24 / 48 / 80 GB.
 
-    Each model trains ``lesson``'s gpu recipe (default NekoQA, the course's longest rows) with its own 24 GB
-    micro-batch from ``helpers.models``: the same settings as the lessons' cost tables (``helpers.cost``).
+    Each model trains ``lesson``'s gpu recipe (default NekoQA, the course's longest rows) at its micro-batch, every
+    row at the cutoff (the cost tables of ``helpers.cost`` split the batch per card and use the rows' lengths).
     """
     models = models or {name: shape for name, shape in KNOWN_MODELS.items() if "SmolLM2" not in name}
     sizes = "".join(f"{size:>6} GB" for size in GPU_SIZES_GB)
     lines = [f"{'模型 / model':<30}{'批 / batch':>8}  {'方法 / method':<14}{'GiB':>7}{sizes}"]  # 2 wide chars each
     for name, shape in models.items():
-        recipe = get_profile("gpu", model=name).recipe(lesson) if name in MODELS else GPU_RECIPES[lesson]
+        recipe = GPU_RECIPES[lesson]
         settings = Settings.for_recipe(recipe)
         for method, weights in METHODS.items():
             total = estimate(shape, replace(settings, weights=weights)).total

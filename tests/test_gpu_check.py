@@ -11,6 +11,7 @@ import torch
 from transformers import AutoModelForCausalLM
 
 import helpers.attention as attention
+from benchmarks import gpu_check
 from benchmarks.gpu_check import CONFIGS, lesson_rows
 from helpers.models import MODELS, ModelShape
 from helpers.templates import IGNORE_INDEX
@@ -21,25 +22,69 @@ REPO = Path(__file__).resolve().parent.parent
 ABSENT_ON_GPU_MACHINE = ("jieba", "nltk", "rouge_chinese", "IPython", "modelscope", "gguf", "gradio", "matplotlib")
 
 
-# Prevents: a GPU session spending its few minutes on a crash the CPU could have shown (the smoke mode runs it all),
-# or dying at an import of a package only the course's own set-up installs (the same run lists what it imported).
-def test_smoke_run_trains_every_pipeline_merges_and_imports_only_what_the_gpu_machine_has(tmp_path):
+# Prevents: a GPU session spending its few minutes on a crash the CPU could have shown (the smoke mode runs every
+# setting and the merge), a protocol that times warm-up steps, or dying at an import of a package only the course's
+# own set-up installs (the same run lists what it imported).
+def test_smoke_run_covers_every_setting_merges_and_imports_only_what_the_gpu_machine_has(tmp_path):
     out = tmp_path / "gpu-smoke.json"
     run = ("import atexit, runpy, sys; "
            f"atexit.register(lambda: print('IMPORTED', [m for m in {ABSENT_ON_GPU_MACHINE!r} if m in sys.modules])); "
-           f"sys.argv = ['gpu_check.py', '--smoke', '--out', {str(out)!r}]; "
+           f"sys.argv = ['gpu_check.py', '--smoke', '--budget-s', '3600', '--out', {str(out)!r}]; "
            "runpy.run_path('benchmarks/gpu_check.py', run_name='__main__')")
     done = subprocess.run([sys.executable, "-c", run], cwd=REPO, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]
     assert "IMPORTED []" in done.stdout, done.stdout[-500:]
     report = json.loads(out.read_text(encoding="utf-8"))
+    runs = {run["label"]: run for run in report["runs"]}
+    assert not [run for run in report["runs"] if "error" in run]
+    assert {"old default", "new default", "faster", "scan 2", "scan 4"} <= set(runs)
+    assert any(label.startswith("faster, checkpointing") for label in runs)
+    old, new, faster = runs["old default"], runs["new default"], runs["faster"]
+    assert (old["attention"], old["grad_accum"], old["frozen_dtype"]) == (attention.PACKED_SDPA, 2, "float32")
+    assert new["attention"] == attention.fastest_attention() and faster["rows_per_step"] > new["rows_per_step"]
+    for run in runs.values():  # one warm-up step excluded, one timed: tokens counted per micro-step
+        assert (run["warmup_steps"], run["timed_steps"]) == (1, 1) and run["real_tokens_per_s"] > 0
+        assert run["max_tokens"] >= run["tokens_per_step"] > 0 and run["estimated_mib"] > 0
     (model,) = report["models"]
-    runs = {(run["pipeline"], run["attention"]): run for run in model["runs"]}
-    assert {("padding_free", "packed_sdpa"), ("padding_free", "sdpa"), ("fixed", "sdpa")} <= set(runs)
-    for run in runs.values():
-        assert run["steps"] == 1 and run["real_tokens_per_s"] > 0 and run["estimated_mib"] > 0
-    assert runs["padding_free", "packed_sdpa"]["padding_share"] == 0 < runs["fixed", "sdpa"]["padding_share"]
+    assert model["weights_mib"]["float32"] > model["weights_mib"]["bfloat16"]  # frozen weights halved
     assert model["merge"]["shards"] >= 1 and not model["skipped"]
+    assert "old default" in done.stdout and "x old default" in done.stdout
+
+
+# Prevents: a setting that fails (out of memory) ending the whole GPU check, or the results so far being lost.
+def test_a_failing_setting_is_recorded_and_the_check_goes_on(tmp_path, monkeypatch):
+    calls = []
+
+    def train_steps(model, tokenizer, shape, setting, warmup, timed, scratch):
+        calls.append(setting.label)
+        if setting.label == "new default":
+            raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 9.00 GiB")
+        return {"label": setting.label, "lesson": setting.lesson, "model_object": model, "rows_per_step": 2,
+                "grad_accum": 1, "attention": "sdpa", "real_tokens_per_s": 1.0, "seconds_per_step": 1.0,
+                "peak_mib": None, "lora_r": 8, "cutoff": 192, "checkpointing": True, "max_tokens": 64,
+                "frozen_dtype": "float32", "tokens_per_step": 32}
+
+    monkeypatch.setattr(gpu_check, "train_steps", train_steps)
+    monkeypatch.setattr(gpu_check, "merge_adapter", lambda *args: None)
+    report, out = {"models": [], "runs": []}, tmp_path / "partial.json"
+    gpu_check.check_model(gpu_check.SMOLLM2, True, float("inf"), tmp_path, report, out)
+    assert calls[:3] == ["old default", "new default", "faster"] and len(calls) == len(report["runs"])
+    written = json.loads(out.read_text(encoding="utf-8"))["runs"]
+    failed = [run for run in written if "error" in run]
+    assert [run["label"] for run in failed] == ["new default"] and "out of memory" in failed[0]["error"]
+
+
+# Prevents: a memory estimate that falls below a measured GPU peak (the fit refusal would come too late, and a
+# 24 GB card would run out of memory mid-run) or is so far above it that the planner splits batches for nothing.
+def test_estimator_brackets_every_committed_gpu_peak():
+    files = sorted(gpu_check.RESULTS.glob("gpu-*.json"))
+    assert files
+    for file in files:
+        runs = [run for run in json.loads(file.read_text(encoding="utf-8"))["runs"] if run.get("peak_mib")]
+        assert runs, file
+        for run in runs:
+            ratio = gpu_check.estimated_mib(run) / run["peak_mib"]
+            assert 1.0 <= ratio <= 1.15, (file.name, run["label"] if "label" in run else run["source"], ratio)
 
 
 # Prevents: measuring a model of another size than the one the course table (and its batches) describe.

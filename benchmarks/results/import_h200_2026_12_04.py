@@ -1,6 +1,7 @@
 """How ``gpu-nvidia-h200.json`` was made from the H200 run of 2026-12-04 (kept so the conversion can be checked).
 
-    python benchmarks/results/import_h200_2026_12_04.py ../shared/measurements/2026-12-04 benchmarks/results/gpu-nvidia-h200.json
+    python benchmarks/results/import_h200_2026_12_04.py ../shared/measurements/2026-12-04 \
+        benchmarks/results/gpu-nvidia-h200.json
 
 The raw files (``gpu-h200.json`` from ``benchmarks/gpu_check.py --budget-s 400`` at commit 8188ad7, ``probe1-h200.json``
 and ``probe2-h200.json`` from that folder's ``probe.py``) record the mean tokens of a micro-step, not the largest one,
@@ -86,7 +87,8 @@ def main(raw: Path, out: Path) -> None:
             fixed = run["pipeline"] == "fixed"
             runs.append({
                 "source": "gpu-h200.json", "model": model_id, "lesson": lesson, "pipeline": run["pipeline"],
-                "attention": run["attention"], "rows_per_step": rows, "checkpointing": True, "liger": False,
+                "attention": run["attention"], "rows_per_step": rows, "grad_accum": 1, "checkpointing": True,
+                "liger": False,
                 "frozen_dtype": "float32", "lora_r": GPU_RECIPES[lesson].lora_r, "cutoff": run["cutoff"],
                 "warmup_steps": 0, "timed_steps": run["steps"], "tokens_per_step": run["real_tokens"] / run["steps"],
                 "max_tokens": rows * run["cutoff"] if fixed else max(tokens),
@@ -99,7 +101,8 @@ def main(raw: Path, out: Path) -> None:
             assert abs(statistics.mean(tokens[2:]) - run["tokens_per_step"]) < 1e-6, (name, run, tokens)
             runs.append({
                 "source": name, "model": model_id, "lesson": "huanhuan", "pipeline": "padding_free",
-                "attention": run["attention"], "rows_per_step": rows, "checkpointing": True, **unchecked(run),
+                "attention": run["attention"], "rows_per_step": rows, "grad_accum": 1, "checkpointing": True,
+                **unchecked(run),
                 "liger": run.get("liger", False), "frozen_dtype": "float32", "lora_r": GPU_RECIPES["huanhuan"].lora_r,
                 "cutoff": GPU_RECIPES["huanhuan"].cutoff, "warmup_steps": 2, "timed_steps": 6,
                 "tokens_per_step": run["tokens_per_step"], "max_tokens": max(tokens),
