@@ -22,7 +22,7 @@ from helpers.hub_data import course_conversations
 from helpers.models import find_model
 from helpers.notebook_code import run_saved
 from helpers.paths import display_path, is_complete, one_at_a_time, outputs_dir
-from helpers.profiles import Profile, get_profile
+from helpers.profiles import Profile, Recipe, get_profile
 from helpers.sft_run import PreparedRun, fit, prepare
 from helpers.templates import Message, reply_label
 from helpers.train import LossPlot, generate_ids, heldout_loss, load_model_4bit
@@ -30,18 +30,23 @@ from helpers.train import LossPlot, generate_ids, heldout_loss, load_model_4bit
 LESSONS = ("nekoqa", "tang", "huanhuan")
 
 
-def adapter_dir(lesson: str, profile: Profile) -> Path:
-    """Where a training lesson saves its LoRA adapter: ``outputs/adapters/<lesson>-<profile>``."""
-    return outputs_dir("adapters", f"{lesson}-{profile.run_name}")
+def run_folder(lesson: str, profile: Profile, variant: str = "") -> str:
+    """``<lesson>-<profile>``, or ``<lesson>-<profile>-<variant>`` for another recipe of the lesson (``faster``)."""
+    return f"{lesson}-{profile.run_name}" + (f"-{variant}" if variant else "")
 
 
-def checkpoint_dir(lesson: str, profile: Profile) -> Path:
-    return outputs_dir("checkpoints", f"{lesson}-{profile.run_name}")
+def adapter_dir(lesson: str, profile: Profile, variant: str = "") -> Path:
+    """Where a training lesson saves its LoRA adapter: ``outputs/adapters/<lesson>-<profile>[-<variant>]``."""
+    return outputs_dir("adapters", run_folder(lesson, profile, variant))
 
 
-def lesson_split(lesson: str, split: str, profile: Profile) -> list[list[Message]]:
-    """A lesson's ``train`` or ``eval`` conversations, as many as its recipe uses (``train_rows``, ``eval_rows``)."""
-    recipe = profile.recipe(lesson)
+def checkpoint_dir(lesson: str, profile: Profile, variant: str = "") -> Path:
+    return outputs_dir("checkpoints", run_folder(lesson, profile, variant))
+
+
+def lesson_split(lesson: str, split: str, profile: Profile, recipe: Recipe | None = None) -> list[list[Message]]:
+    """A lesson's ``train`` or ``eval`` conversations, as many as the recipe uses (``train_rows``, ``eval_rows``)."""
+    recipe = recipe or profile.recipe(lesson)
     return course_conversations(lesson, split, recipe.train_rows if split == "train" else recipe.eval_rows, profile)
 
 
@@ -50,9 +55,11 @@ def encoded_split(lesson: str, split: str, tokenizer, profile: Profile) -> list[
     return encode_conversations(tokenizer, lesson_split(lesson, split, profile), profile.recipe(lesson).cutoff)
 
 
-def prepare_lesson(lesson: str, profile: Profile) -> PreparedRun:
-    """A lesson's run up to loading the model: its training and held-out rows encoded, the memory estimate printed."""
-    return prepare(profile, lesson, lesson_split(lesson, "train", profile), lesson_split(lesson, "eval", profile))
+def prepare_lesson(lesson: str, profile: Profile, recipe: Recipe | None = None) -> PreparedRun:
+    """A lesson's run up to loading the model: its rows encoded, the batch split and memory estimate printed."""
+    recipe = recipe or profile.recipe(lesson)
+    return prepare(profile, lesson, lesson_split(lesson, "train", profile, recipe),
+                   lesson_split(lesson, "eval", profile, recipe), recipe)
 
 
 def save_adapter(trainer, tokenizer, target: Path) -> None:
@@ -93,30 +100,32 @@ def require_adapter(lesson: str, profile: Profile) -> Path:
     )
 
 
-def train_lesson(lesson: str, profile: Profile | None = None, force: bool = False,
-                 plot: LossPlot | None = None) -> Path:
+def train_lesson(lesson: str, profile: Profile | None = None, force: bool = False, plot: LossPlot | None = None,
+                 recipe: Recipe | None = None, variant: str = "") -> Path:
     """The adapter of a training lesson: reuse a finished one, else train it as lesson 03 does (its # @save cells).
 
     ``force``: train anew even when a finished adapter exists. ``plot``: draws the training and held-out loss.
+    ``recipe``: what to train (default: the profile's recipe for the lesson), e.g. the notebook's own, edited one.
+    ``variant``: keep this run's adapter and checkpoints apart from the lesson's own (``"faster"``).
     """
     profile = profile or get_profile()
-    target = adapter_dir(lesson, profile)
+    target = adapter_dir(lesson, profile, variant)
     with one_at_a_time(target):  # a notebook run beside this one (lesson 07 beside 04) waits, then reuses it
         if is_complete(target) and not force:
             print(f"使用已训练的适配器 / reusing adapter {display_path(target)}")
             return target
-        train_adapter(lesson, profile, target, plot)
+        train_adapter(lesson, profile, target, plot, recipe or profile.recipe(lesson), variant)
     return target
 
 
-def train_adapter(lesson: str, profile: Profile, target: Path, plot: LossPlot | None = None) -> None:
-    """Train ``lesson``'s adapter with the recipe of ``profile`` and save it to ``target``, marker last."""
-    recipe = profile.recipe(lesson)
+def train_adapter(lesson: str, profile: Profile, target: Path, plot: LossPlot | None, recipe: Recipe,
+                  variant: str = "") -> None:
+    """Train ``lesson``'s adapter with ``recipe`` and save it to ``target``, marker last."""
     print(f"训练 {lesson} 的适配器 / training the {lesson} adapter: {recipe.max_steps} 步 steps, "
           f"{training_time(lesson, profile)}")
-    run = prepare_lesson(lesson, profile)  # before loading: a run that cannot fit stops here, with what to lower
+    run = prepare_lesson(lesson, profile, recipe)  # before loading: a run that cannot fit stops here
     plot = plot or LossPlot(title=lesson, live=False, keys=("loss", "eval_loss"))
-    trainer = fit(run, profile, checkpoint_dir(lesson, profile), callbacks=[plot], eval_during_training=True)
+    trainer = fit(run, profile, checkpoint_dir(lesson, profile, variant), callbacks=[plot], eval_during_training=True)
     save_adapter(trainer, run.tokenizer, target)
 
 

@@ -38,14 +38,14 @@ class PreparedRun:
     held_out_rows: list[dict[str, list[int]]]
 
 
-def prepare(profile: Profile, name: str, train: list[list[Message]],
-            held_out: list[list[Message]]) -> PreparedRun:
-    """Encode both splits at recipe ``name``'s cutoff; print the rows, the share truncated, the batch split for this
-    card and the memory estimate.
+def prepare(profile: Profile, name: str, train: list[list[Message]], held_out: list[list[Message]],
+            recipe: Recipe | None = None) -> PreparedRun:
+    """Encode both splits at the cutoff of ``recipe`` (default: the profile's recipe ``name``); print the rows, the
+    share truncated, the batch split for this card and the memory estimate.
 
     Nothing is loaded yet: a run that cannot fit the GPU stops here with ``MemoryFitError`` and what to lower.
     """
-    recipe = profile.recipe(name)  # its rows per optimizer step; plan_batch splits them for this card
+    recipe = recipe or profile.recipe(name)  # its rows per optimizer step; plan_batch splits them for this card
     model_dir = download_model(profile=profile)
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
     train_rows, cut = encode_and_count(tokenizer, train, recipe.cutoff)

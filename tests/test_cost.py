@@ -376,3 +376,19 @@ def test_step_cost_is_fitted_to_the_committed_measurements():
 def test_durations_are_never_printed_as_zero():
     assert minutes(5) == "5 s" and minutes(0.2) == "1 s" and minutes(90) == "1.5 min"
     assert "0 min" not in lessons.training_time("nekoqa", get_profile("gpu"))
+
+
+# Prevents: a notebook whose edited recipe (learning rate, steps, rows per step) is printed but not what trains, or
+# a faster run overwriting the lesson's own adapter.
+def test_the_notebooks_recipe_is_what_trains(monkeypatch, tmp_path):
+    trained = []
+    monkeypatch.setattr(lessons, "outputs_dir", lambda *parts: tmp_path.joinpath(*parts))
+    monkeypatch.setattr(lessons, "fit", lambda run, profile, checkpoints, **kwargs: trained.append((run, checkpoints)))
+    monkeypatch.setattr(lessons, "save_adapter", lambda trainer, tokenizer, target: None)
+    profile = get_profile("tiny")
+    edited = dataclasses.replace(profile.recipe("huanhuan"), learning_rate=1e-5, max_steps=2, train_rows=12)
+    target = lessons.train_lesson("huanhuan", profile, force=True, recipe=edited, variant="faster")
+    (run, checkpoints), = trained
+    assert run.recipe == edited and len(run.train_rows) == 12
+    assert target.name == checkpoints.name == "huanhuan-tiny-faster"
+    assert lessons.adapter_dir("huanhuan", profile).name == "huanhuan-tiny"
