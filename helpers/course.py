@@ -22,6 +22,8 @@ from helpers.paths import REPO_ROOT, display_path
 from helpers.profiles import PROFILE_ENV, get_profile
 
 NOTEBOOKS_DIR = REPO_ROOT / "notebooks"
+# 30 minutes a cell: above the longest training cell estimated on a 24 GB card (lesson 05 on a 7B model, ~18 min,
+# helpers.cost); tiny cells take seconds. A cell past it fails with nbclient's timeout, naming the cell.
 CELL_TIMEOUT_S = 1800
 
 
