@@ -16,6 +16,7 @@ with the most steps) runs as:
 - ``faster``: the lesson's faster recipe (``Profile.faster_recipe``), planned the same way, with and without Liger,
   and with checkpointing switched the other way;
 - ``scan``: 8, 32 and 128 rows per micro-step (sdpa, checkpointing, no Liger), for the fixed cost per micro-step;
+- on CUDA, the faster recipe under PyTorch's ``flex_attention`` (its block mask skips the blocks between packed rows);
 
 and, on the 7B model, NekoQA at its recipe (its memory target). Each run does ``WARMUP`` optimizer steps, then
 ``TIMED`` timed ones (the first steps of a run pay for kernel compilation and caching); it reports real (non-pad)
@@ -226,6 +227,8 @@ def settings_for(model_id: str, smoke: bool) -> list[Setting]:
     for rows in (2, 4) if smoke else SCAN_ROWS:
         scan = replace(seed, batch_size=rows, grad_accum=1, checkpointing=True)
         plan.append(Setting(f"scan {rows}", "huanhuan", scan, "sdpa", False, compute))
+    if CUDA:  # a variable-length route that skips the masked-out blocks: adopted only if this measures it faster
+        plan.append(Setting("faster, flex_attention", "huanhuan", faster, "flex_attention", liger, compute))
     if model_id == SEVEN_B:
         nekoqa = plan_batch(model_id, "nekoqa", profile.recipe("nekoqa"),
                             [prompt + reply for prompt, reply in row_lengths("nekoqa")])
