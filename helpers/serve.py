@@ -22,6 +22,7 @@ import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 
+from helpers.net import bypass_proxy_for_local
 from helpers.paths import display_path, outputs_dir
 from helpers.train import GREEDY
 
@@ -177,6 +178,7 @@ def start_server(folder: Path | str, port: int = DEFAULT_PORT, host: str = DEFAU
     check_model_folder(folder)
     check_port(port, host)
     log = log or outputs_dir("serve") / f"server-{port}.log"
+    bypass_proxy_for_local()  # the readiness check and the openai client talk to this machine, never via a proxy
     with open(log, "w", encoding="utf-8") as output:  # the child keeps its own copy of the file descriptor
         process = subprocess.Popen(serve_command(folder, port, host), stdout=output, stderr=subprocess.STDOUT,
                                    stdin=subprocess.DEVNULL, env={**os.environ, **SERVER_ENV})
