@@ -13,7 +13,8 @@ from pathlib import Path
 import pytest
 
 from helpers import serve
-from helpers.serve import ServeError, free_port, greedy_request, start_server
+from helpers.ports import free_port, port_in_use
+from helpers.serve import ServeError, greedy_request, start_server
 from helpers.train import GREEDY
 
 MESSAGES = [{"role": "user", "content": "What is the capital of France?"}]
@@ -74,7 +75,7 @@ def test_taken_port_is_refused_before_starting_with_the_port_named(tiny_folder, 
     message = str(error.value)
     assert f"端口 {port} 已被占用" in message and f"Port {port} is already in use" in message
     assert f"--port {port + 1}" in message
-    assert not serve.port_in_use(free_port())
+    assert not port_in_use(free_port())
 
 
 # Prevents: a cryptic traceback from deep inside from_pretrained when lesson 06 has not been run.
