@@ -26,3 +26,14 @@ def test_missing_library_is_a_problem_with_a_fix():
 def test_pins_come_from_requirements():
     pins = pinned_versions()
     assert pins["transformers"].startswith("5.") and pins["trl"].startswith("1.")
+
+
+# Prevents: the README's old clone target being the model cache: a re-clone (rm -rf, git clone) deleting gigabytes.
+def test_a_cache_inside_the_checkout_is_a_warning_that_says_what_to_do(tmp_path):
+    from helpers.env import WARNING, check_cache_location
+
+    repo = tmp_path / "llm-course"
+    for cache in (repo, repo / "models-cache"):
+        check = check_cache_location(cache, repo)
+        assert check.verdict == WARNING and "COURSE_CACHE" in check.advice and "re-cloning" in check.advice
+    assert check_cache_location(tmp_path / "llm-course-cache", repo).verdict == OK
