@@ -104,7 +104,8 @@ def check_cache_location(cache: Path, repo: Path = REPO_ROOT) -> Check:
     if cache == repo or repo in cache.parents:
         return Check(
             "course cache location", f"{display_path(cache)}（在仓库里 / inside the repository）", WARNING,
-            "删除或重新 clone 仓库会连下载的模型一起删掉：把仓库 clone 到别处（README：/root/autodl-tmp/llm-finetune-course），"
+            "删除或重新 clone 仓库会连下载的模型一起删掉：把仓库 clone 到别处"
+            "（README：/root/autodl-tmp/llm-finetune-course），"
             "或设 export COURSE_CACHE=/root/autodl-tmp/llm-course-cache / deleting or re-cloning the repository would "
             "delete the downloaded models: clone it elsewhere, or set COURSE_CACHE to a folder outside it")
     return Check("course cache location", f"{display_path(cache)}（仓库之外 / outside the repository）", OK)
