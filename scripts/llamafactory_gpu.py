@@ -30,11 +30,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import check_llamafactory as lf
 
 from helpers.paths import REPO_ROOT, display_path, is_complete, mark_complete
+from helpers.ports import ALL_INTERFACES, AUTODL_PORT, how_to_open
 
 GPU_VENV = REPO_ROOT / ".venv-llamafactory-gpu"
 HELD = ("torch", "torchvision", "torchaudio")  # the image's builds, matched to its CUDA: never replaced
 COURSE_PACKAGES = ("torch", "transformers", "trl", "peft", "datasets", "accelerate")  # must not change
-WEB_PORT = "6006"  # the port AutoDL's custom service (自定义服务) exposes
 
 
 def held_versions() -> list[str]:
@@ -91,16 +91,14 @@ def next_steps(lesson: str = "nekoqa") -> str:
     """What to type after the build: export in the course's environment, then train and chat with LLaMA-Factory."""
     cli = f"{display_path(GPU_VENV)}/bin/llamafactory-cli"
     data = f"outputs/llamafactory/data/course_{lesson}"
-    web = f"GRADIO_SERVER_NAME=0.0.0.0 GRADIO_SERVER_PORT={WEB_PORT}"
+    web = f"GRADIO_SERVER_NAME={ALL_INTERFACES} GRADIO_SERVER_PORT={AUTODL_PORT}"  # AutoDL's custom service port
     return "\n".join([
         "下一步 / next (在仓库根目录 / from the repository root):",
         f"  python -m helpers.llamafactory export {lesson} --out outputs/llamafactory/data   # 课程环境 / course env",
         f"  {cli} train {data}_sft.yaml",
-        f"  {web} {cli} webchat {data}_infer.yaml   # 网页对话 / chat page on port {WEB_PORT}",
-        f"  {web} {cli} webui                                 # 网页界面 / LLaMA-Factory's web UI on {WEB_PORT}",
-        f"  AutoDL: 控制台的“自定义服务”打开 {WEB_PORT} / the console's custom service opens port {WEB_PORT}; "
-        f"或 / or: ssh -CNg -L {WEB_PORT}:127.0.0.1:{WEB_PORT} -p <SSH 端口 port> root@<SSH 主机 host>，"
-        f"再打开 / then open http://127.0.0.1:{WEB_PORT}",
+        f"  {web} {cli} webchat {data}_infer.yaml   # 网页对话 / chat page",
+        f"  {web} {cli} webui   # 网页界面 / LLaMA-Factory's web UI",
+        how_to_open(AUTODL_PORT, ALL_INTERFACES),
     ])
 
 
