@@ -5,10 +5,12 @@
 #   make check-browser  在无头 Chromium 里打开聊天页面、发一条消息、截图 / chat once in headless Chromium, screenshot
 #   make check-llamafactory  在独立环境 .venv-llamafactory 里装 LLaMA-Factory 0.9.5，与课程的导出逐项对照
 #                            LLaMA-Factory 0.9.5 in its own venv, checked against the course's export (README)
+#   make llamafactory-gpu    在课程旁边建 .venv-llamafactory-gpu（沿用已装的 CUDA torch），打印下一步的命令
+#                            LLaMA-Factory beside the course on the installed (CUDA) torch; prints what to run next
 PYTHON ?= python3
 export PYTHON
 
-.PHONY: setup course test lint check-browser check-llamafactory
+.PHONY: setup course test lint check-browser check-llamafactory llamafactory-gpu
 
 setup:
 	bash scripts/setup.sh
@@ -33,6 +35,13 @@ lint:
 	$(PYTHON) -m ruff check .
 
 # Opt-in, not part of `test`: installs LLaMA-Factory beside the course (its pins exclude the course's) and trains;
-# on 2 CPU cores 6-8 minutes the first time (building the venv), 2 minutes after.
+# on 2 CPU cores 6-8 minutes the first time (building the venv), 2 minutes after. Then the GPU route's venv
+# (.venv-llamafactory-gpu, the installed torch held): torch and the course's packages unchanged, the YAMLs parse there;
+# about 12 minutes the first time on 2 busy cores.
 check-llamafactory: setup
 	$(PYTHON) scripts/check_llamafactory.py
+	$(PYTHON) scripts/llamafactory_gpu.py --check
+
+# LLaMA-Factory beside the course for the GPU image: keeps the image's CUDA torch, changes nothing in the course's env.
+llamafactory-gpu: setup
+	$(PYTHON) scripts/llamafactory_gpu.py

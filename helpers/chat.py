@@ -12,6 +12,8 @@ from threading import Thread
 
 from transformers import TextIteratorStreamer
 
+from helpers.net import bypass_proxy_for_local
+from helpers.ports import how_to_open, port_in_use, port_taken_message, web_address
 from helpers.templates import Message
 from helpers.train import GREEDY
 
@@ -121,3 +123,29 @@ def gradio_app(model, tokenizer, system: str | None, max_new_tokens: int, title:
     import gradio as gr
 
     return gr.ChatInterface(gradio_respond(model, tokenizer, system, max_new_tokens), title=title)
+
+
+class PortTaken(RuntimeError):
+    """The chat page's port is in use; the message names it and says what to do."""
+
+
+def check_page_port(port: int, host: str) -> None:
+    """PortTaken when ``host:port`` is in use, naming the port, who may hold it and how to choose another."""
+    if port_in_use(port, host):
+        raise PortTaken(port_taken_message(port, host, f"python scripts/chat_app.py --port {port + 1} / "
+                                                       f"launch_chat_page(app, port={port + 1})"))
+
+
+def launch_chat_page(app, host: str | None = None, port: int | None = None, share: bool = False, **options):
+    """Start a gradio app (default: 0.0.0.0:6006 on AutoDL, else 127.0.0.1:7860) and say how to open it.
+
+    A taken port fails at once with who may hold it, not with gradio's English "Cannot find empty port". Requests to
+    this machine skip any proxy (gradio checks its own address over HTTP, and AutoDL's network_turbo sets a proxy).
+    ``options`` go to ``app.launch``.
+    """
+    default_host, default_port = web_address()
+    host, port = host or default_host, port or default_port
+    check_page_port(port, host)
+    bypass_proxy_for_local()
+    print(how_to_open(port, host), flush=True)
+    return app.launch(server_name=host, server_port=port, share=share, **options)

@@ -14,9 +14,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import nbformat
+from jupyter_core.paths import jupyter_runtime_dir
 from nbclient import NotebookClient
 from nbclient.exceptions import CellExecutionError
 from tqdm.auto import tqdm
+from traitlets.config import Config
 
 from helpers.paths import REPO_ROOT, display_path
 from helpers.profiles import PROFILE_ENV, get_profile
@@ -40,10 +42,24 @@ def lessons() -> list[Path]:
     return sorted(NOTEBOOKS_DIR.glob("[0-9][0-9]_*.ipynb"))
 
 
+def kernel_config() -> Config:
+    """Kernels that talk to this process over Unix sockets (IPC), not TCP.
+
+    No network port is opened, and ipykernel does not print "Kernel is running over TCP without encryption" (its own
+    advice is IPC) once per notebook between the progress bar and the table. The sockets' path is absolute: the kernel
+    runs in ``notebooks/``, this process elsewhere. Windows has no IPC transport and keeps TCP.
+    """
+    if os.name != "posix":
+        return Config()
+    prefix = Path(jupyter_runtime_dir()) / "course-kernel"
+    prefix.parent.mkdir(parents=True, exist_ok=True)
+    return Config({"KernelManager": {"transport": "ipc", "ip": str(prefix)}})
+
+
 def execute(notebook: Path, destination: Path) -> LessonResult:
     """Execute one notebook in its own folder and save the executed copy to ``destination``."""
     nb = nbformat.read(notebook, as_version=4)
-    client = NotebookClient(nb, timeout=CELL_TIMEOUT_S, kernel_name="python3",
+    client = NotebookClient(nb, timeout=CELL_TIMEOUT_S, kernel_name="python3", config=kernel_config(),
                             resources={"metadata": {"path": str(notebook.parent)}})
     start = time.perf_counter()
     error = ""

@@ -98,6 +98,19 @@ def check_disk(label: str, path: Path) -> Check:
     return Check(label, value, OK)
 
 
+def check_cache_location(cache: Path, repo: Path = REPO_ROOT) -> Check:
+    """The model cache must not be the checkout (or inside it): deleting or re-cloning the repository deletes models."""
+    cache, repo = cache.resolve(), repo.resolve()
+    if cache == repo or repo in cache.parents:
+        return Check(
+            "course cache location", f"{display_path(cache)}（在仓库里 / inside the repository）", WARNING,
+            "删除或重新 clone 仓库会连下载的模型一起删掉：把仓库 clone 到别处"
+            "（README：/root/autodl-tmp/llm-finetune-course），"
+            "或设 export COURSE_CACHE=/root/autodl-tmp/llm-course-cache / deleting or re-cloning the repository would "
+            "delete the downloaded models: clone it elsewhere, or set COURSE_CACHE to a folder outside it")
+    return Check("course cache location", f"{display_path(cache)}（仓库之外 / outside the repository）", OK)
+
+
 def check_hubs() -> list[Check]:
     endpoint = hf_endpoint()
     urls = [MODELSCOPE_URL, endpoint] + ([SUGGESTED_MIRROR] if endpoint != SUGGESTED_MIRROR else [])
@@ -126,6 +139,7 @@ def run_checks() -> list[Check]:
     if AUTODL_DATA_DISK.is_dir():
         checks.append(check_disk("disk: data (AutoDL)", AUTODL_DATA_DISK))
     checks.append(check_disk("disk: course cache", cache_root()))
+    checks.append(check_cache_location(cache_root()))
     checks += check_hubs()
     return checks
 

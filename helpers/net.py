@@ -1,4 +1,4 @@
-"""Reachability of the model hubs, with short timeouts so an offline machine fails fast."""
+"""Reachability of the model hubs, with short timeouts so an offline machine fails fast; local calls skip proxies."""
 
 from __future__ import annotations
 
@@ -12,6 +12,8 @@ MODELSCOPE_URL = "https://www.modelscope.cn"
 HUGGINGFACE_URL = "https://huggingface.co"
 SUGGESTED_MIRROR = "https://hf-mirror.com"
 PROBE_TIMEOUT_S = 3.0
+# This machine's own addresses: a proxy (AutoDL's `source /etc/network_turbo` sets http_proxy) cannot reach them.
+LOCAL_HOSTS = ("127.0.0.1", "localhost", "0.0.0.0")
 
 
 def hf_endpoint() -> str:
@@ -49,3 +51,16 @@ def probe_all(urls: list[str], timeout: float = PROBE_TIMEOUT_S) -> dict[str, st
     with ThreadPoolExecutor(max_workers=max(1, len(urls))) as pool:
         results = pool.map(lambda url: probe(url, timeout), urls)
         return dict(zip(urls, results, strict=True))
+
+
+def bypass_proxy_for_local() -> None:
+    """Add this machine's addresses to ``NO_PROXY`` / ``no_proxy`` in this process and the processes it starts.
+
+    ``source /etc/network_turbo`` on AutoDL sets ``http_proxy`` without a ``no_proxy``; urllib and httpx (the openai
+    client, gradio) then send requests for ``127.0.0.1`` to the proxy, which cannot reach this machine's servers,
+    and a local server looks dead. Hub downloads keep using the proxy.
+    """
+    current = os.environ.get("no_proxy") or os.environ.get("NO_PROXY") or ""
+    hosts = [host.strip() for host in current.split(",") if host.strip()]
+    merged = ",".join([*hosts, *(host for host in LOCAL_HOSTS if host not in hosts)])
+    os.environ["no_proxy"] = os.environ["NO_PROXY"] = merged

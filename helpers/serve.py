@@ -13,7 +13,6 @@ from __future__ import annotations
 import atexit
 import json
 import os
-import socket
 import subprocess
 import sys
 import time
@@ -22,10 +21,12 @@ import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 
+from helpers.net import bypass_proxy_for_local
 from helpers.paths import display_path, outputs_dir
+from helpers.ports import LOCAL_HOST, port_in_use, port_taken_message
 from helpers.train import GREEDY
 
-DEFAULT_HOST = "127.0.0.1"  # this machine only; 0.0.0.0 also listens on every network interface
+DEFAULT_HOST = LOCAL_HOST  # this machine only; 0.0.0.0 also listens on every network interface
 DEFAULT_PORT = 8000  # transformers serve's own default
 READY_TIMEOUT_S = 300.0  # loading a 7B model from a slow disk can take minutes; the tiny model takes seconds
 LOG_TAIL_LINES = 20
@@ -35,24 +36,6 @@ SERVER_ENV = {"HF_HUB_DISABLE_UPDATE_CHECK": "1", "HF_HUB_OFFLINE": "1"}
 
 class ServeError(RuntimeError):
     """The server could not start (folder missing, port taken, early exit, timeout); the message says what to do."""
-
-
-def port_in_use(port: int, host: str = DEFAULT_HOST) -> bool:
-    """Whether something already listens on ``host:port`` (binds as uvicorn does, with SO_REUSEADDR)."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
-        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        try:
-            probe.bind((host, port))
-        except OSError:
-            return True
-    return False
-
-
-def free_port(host: str = DEFAULT_HOST) -> int:
-    """A port nothing listens on now, chosen by the operating system."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
-        probe.bind((host, 0))
-        return probe.getsockname()[1]
 
 
 def check_model_folder(folder: Path) -> None:
@@ -68,18 +51,10 @@ def check_model_folder(folder: Path) -> None:
 
 
 def check_port(port: int, host: str = DEFAULT_HOST) -> None:
-    """Raise ServeError when ``host:port`` is taken, naming the port and how to choose another."""
-    if not port_in_use(port, host):
-        return
-    raise ServeError(
-        f"端口 {port} 已被占用（{host}:{port}），可能是之前启动的服务还没有停止：先 server.stop()，"
-        f"或换一个端口，例如 start_server(folder, port={port + 1})、transformers serve ... --port {port + 1}；"
-        f"查看占用它的进程：lsof -i :{port}\n"
-        f"Port {port} is already in use ({host}:{port}), perhaps by a server started earlier: server.stop() it, "
-        f"or choose another port, e.g. start_server(folder, port={port + 1}) or "
-        f"transformers serve ... --port {port + 1}; "
-        f"see who holds it: lsof -i :{port}"
-    )
+    """Raise ServeError when ``host:port`` is taken, naming the port, who may hold it and how to choose another."""
+    if port_in_use(port, host):
+        raise ServeError(port_taken_message(
+            port, host, f"start_server(folder, port={port + 1}) / transformers serve ... --port {port + 1}"))
 
 
 def serve_command(folder: Path, port: int = DEFAULT_PORT, host: str = DEFAULT_HOST) -> list[str]:
@@ -177,6 +152,7 @@ def start_server(folder: Path | str, port: int = DEFAULT_PORT, host: str = DEFAU
     check_model_folder(folder)
     check_port(port, host)
     log = log or outputs_dir("serve") / f"server-{port}.log"
+    bypass_proxy_for_local()  # the readiness check and the openai client talk to this machine, never via a proxy
     with open(log, "w", encoding="utf-8") as output:  # the child keeps its own copy of the file descriptor
         process = subprocess.Popen(serve_command(folder, port, host), stdout=output, stderr=subprocess.STDOUT,
                                    stdin=subprocess.DEVNULL, env={**os.environ, **SERVER_ENV})

@@ -27,8 +27,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run from anyw
 
 from helpers.lessons import LESSONS
 from helpers.paths import REPO_ROOT, display_path, outputs_dir
+from helpers.ports import free_port
 from helpers.profiles import PROFILES
-from helpers.serve import free_port, log_tail
+from helpers.serve import log_tail
 
 CHROMIUM = Path("/usr/bin/chromium")
 CHROMEDRIVER = Path("/usr/bin/chromedriver")

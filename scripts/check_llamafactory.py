@@ -86,8 +86,8 @@ def course_pins() -> dict[str, str]:
     return {line.split("==")[0].lower(): line.strip() for line in lines if "==" in line and not line.startswith("#")}
 
 
-def venv_python() -> Path:
-    return VENV / "bin" / "python"
+def venv_python(venv: Path = VENV) -> Path:
+    return venv / "bin" / "python"
 
 
 def run(command: list[str], log: Path, env: dict[str, str] | None = None) -> None:
@@ -99,11 +99,12 @@ def run(command: list[str], log: Path, env: dict[str, str] | None = None) -> Non
         raise CheckFailed(f"命令失败 / command failed ({done.returncode}): {' '.join(command)}\n{tail}")
 
 
-def venv_output(code: str) -> str:
-    """What ``code`` prints in the LLaMA-Factory venv; CheckFailed with its error output when it fails."""
-    done = subprocess.run([str(venv_python()), "-c", code], capture_output=True, text=True, check=False)
+def venv_output(code: str, venv: Path = VENV) -> str:
+    """What ``code`` prints in a LLaMA-Factory venv; CheckFailed with its error output when it fails."""
+    done = subprocess.run([str(venv_python(venv)), "-c", code], capture_output=True, text=True, check=False,
+                          env=llamafactory_env())
     if done.returncode:
-        raise CheckFailed(f"{VENV.name}: {code}\n{done.stderr[-3000:]}")
+        raise CheckFailed(f"{venv.name}: {code}\n{done.stderr[-3000:]}")
     return done.stdout
 
 
@@ -122,20 +123,36 @@ def ensure_venv(rebuild: bool = False) -> None:
     print(f"[venv] 创建 / creating {display_path(VENV)} ({LLAMAFACTORY}, 需要几分钟 / takes minutes)")
     venv.create(VENV, with_pip=True)
     pins = course_pins()
-    constraints = VENV / "constraints.txt"  # holds torch: no dependency may swap in a CUDA build
-    constraints.write_text(pins["torch"] + "\n", encoding="utf-8")
-    pip = [str(venv_python()), "-m", "pip", "install", "--disable-pip-version-check", "-q", "-c", str(constraints)]
+    pip = pip_install(VENV, [pins["torch"]])  # holds torch: no dependency may swap in a CUDA build
     run([*pip, pins["torch"]], VENV / "install-torch.log")
-    # --no-deps: its torchaudio / torchvision requirements cannot be met; pip's warning about them is expected
-    run([*pip, "--no-deps", LLAMAFACTORY], VENV / "install-llamafactory.log")
-    declared = json.loads(venv_output("import importlib.metadata as m, json; print(json.dumps(m.requires("
-                                      "'llamafactory') or []))"))
-    run([*pip, *wanted_requirements(declared), *(pins[name] for name in FROM_COURSE)], VENV / "install-deps.log")
-    site = Path(venv_output("import sysconfig; print(sysconfig.get_paths()['purelib'])").strip())
-    (site / "torchaudio").mkdir(exist_ok=True)
-    (site / "torchaudio" / "__init__.py").write_text(TORCHAUDIO_STUB, encoding="utf-8")
-    venv_output("import llamafactory.data, llamafactory.train.tuner")  # fails here, not in a later step
+    install_llamafactory(VENV, pip, [pins[name] for name in FROM_COURSE])
     mark_complete(VENV)
+
+
+def pip_install(venv: Path, held: list[str]) -> list[str]:
+    """``pip install`` in ``venv`` under a constraint file that holds ``held`` (``name==version`` lines)."""
+    constraints = venv / "constraints.txt"
+    constraints.write_text("".join(f"{line}\n" for line in held), encoding="utf-8")
+    return [str(venv_python(venv)), "-m", "pip", "install", "--disable-pip-version-check", "-q", "-c", str(constraints)]
+
+
+def install_llamafactory(venv: Path, pip: list[str], extra: list[str]) -> None:
+    """LLaMA-Factory 0.9.5 and its declared requirements but torch / torchaudio / torchvision, plus ``extra``.
+
+    A torchaudio that cannot be imported (none, or no build for this torch) is replaced by the stand-in.
+    """
+    # --no-deps: its torchaudio / torchvision requirements cannot be met; pip's warning about them is expected
+    run([*pip, "--no-deps", LLAMAFACTORY], venv / "install-llamafactory.log")
+    declared = json.loads(venv_output("import importlib.metadata as m, json; print(json.dumps(m.requires("
+                                      "'llamafactory') or []))", venv))
+    run([*pip, *wanted_requirements(declared), *extra], venv / "install-deps.log")
+    try:
+        venv_output("import torchaudio", venv)
+    except CheckFailed:
+        site = Path(venv_output("import sysconfig; print(sysconfig.get_paths()['purelib'])", venv).strip())
+        (site / "torchaudio").mkdir(exist_ok=True)
+        (site / "torchaudio" / "__init__.py").write_text(TORCHAUDIO_STUB, encoding="utf-8")
+    venv_output("import llamafactory.data, llamafactory.train.tuner", venv)  # fails here, not in a later step
 
 
 def llamafactory_env() -> dict[str, str]:
@@ -145,13 +162,13 @@ def llamafactory_env() -> dict[str, str]:
             "PYTHONUNBUFFERED": "1"}
 
 
-def side(command: str, request: object) -> object:
-    """Run ``llamafactory_side.py command`` in the LLaMA-Factory venv and return its JSON answer."""
+def side(command: str, request: object, venv: Path = VENV) -> object:
+    """Run ``llamafactory_side.py command`` in a LLaMA-Factory venv and return its JSON answer."""
     request_path, answer_path = WORK / f"{command}-request.json", WORK / f"{command}-answer.json"
     request_path.write_text(json.dumps(request, ensure_ascii=False), encoding="utf-8")
     answer_path.unlink(missing_ok=True)
     try:
-        run([str(venv_python()), str(SIDE), command, str(request_path), str(answer_path)], WORK / f"{command}.log",
+        run([str(venv_python(venv)), str(SIDE), command, str(request_path), str(answer_path)], WORK / f"{command}.log",
             llamafactory_env())
     except CheckFailed:
         if not answer_path.is_file():
@@ -180,11 +197,11 @@ def multiturn_conversations() -> list[list[dict]]:
     return [[*rows[i], *rows[i + 1][1:], *rows[i + 2][1:]] for i in range(0, len(rows) - 2, 3)]
 
 
-def check_parse(written: dict[str, dict[str, Path]]) -> str:
+def check_parse(written: dict[str, dict[str, Path]], venv: Path = VENV) -> str:
     """Every exported YAML through LLaMA-Factory's parser (train for sft/predict, infer for chat/merge)."""
     request = {"train": [str(paths[kind]) for paths in written.values() for kind in ("sft", "predict")],
                "infer": [str(paths[kind]) for paths in written.values() for kind in ("infer", "merge")]}
-    results = side("parse", request)
+    results = side("parse", request, venv)
     failed = {path: result for path, result in results.items() if result != "ok"}
     if failed:
         raise CheckFailed("\n".join(f"{display_path(path)}: {result}" for path, result in failed.items()))
@@ -253,8 +270,8 @@ def check_encoding(written: dict[str, dict[str, Path]], tokenizer) -> str:
     return f"{len(cases)} 组全部相同 / all {len(cases)} sets equal, {sum(len(a['input_ids']) for a in answers)} rows"
 
 
-def llamafactory_cli(*args: str, log: Path) -> None:
-    run([str(VENV / "bin" / "llamafactory-cli"), *args], log, llamafactory_env())
+def llamafactory_cli(*args: str, log: Path, venv: Path = VENV) -> None:
+    run([str(venv / "bin" / "llamafactory-cli"), *args], log, llamafactory_env())
 
 
 def check_train_and_predict(written: dict[str, dict[str, Path]], lesson: str, tokenizer) -> str:

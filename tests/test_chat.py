@@ -81,3 +81,45 @@ def test_gradio_app_builds_without_launching():
     import gradio as gr
 
     assert isinstance(gradio_app(None, None, None, 16, title="NekoQA"), gr.ChatInterface)
+
+
+# Prevents: gradio's own English "Cannot find empty port" after minutes of loading, or a second page on AutoDL's one
+# port without a word about who holds it.
+def test_chat_page_on_a_taken_port_stops_before_launching_with_what_to_do():
+    import socket
+
+    from helpers.chat import PortTaken, launch_chat_page
+
+    class NeverLaunched:
+        def launch(self, **kwargs):
+            pytest.fail("launched on a taken port")
+
+    with socket.socket() as other:
+        other.bind(("127.0.0.1", 0))
+        other.listen()
+        port = other.getsockname()[1]
+        with pytest.raises(PortTaken) as error:
+            launch_chat_page(NeverLaunched(), "127.0.0.1", port)
+    message = str(error.value)
+    assert f"端口 {port} 已被占用" in message and f"Port {port} is already in use" in message
+    assert f"lsof -i :{port}" in message and f"--port {port + 1}" in message
+
+
+# Prevents: gradio failing to start ("Connection refused" from its own start-up check) after AutoDL's
+# `source /etc/network_turbo` set http_proxy without no_proxy.
+def test_chat_page_starts_while_a_dead_proxy_is_set(monkeypatch, capsys):
+    from helpers.chat import launch_chat_page
+    from helpers.ports import free_port
+
+    dead_proxy = f"http://127.0.0.1:{free_port()}"
+    for name in ("http_proxy", "HTTP_PROXY", "https_proxy", "HTTPS_PROXY", "all_proxy", "ALL_PROXY"):
+        monkeypatch.setenv(name, dead_proxy)
+    monkeypatch.delenv("no_proxy", raising=False)
+    monkeypatch.delenv("NO_PROXY", raising=False)
+    app = gradio_app(None, None, None, 16, title="NekoQA")
+    port = free_port()
+    try:
+        launch_chat_page(app, "127.0.0.1", port, prevent_thread_lock=True, quiet=True)
+    finally:
+        app.close()
+    assert f"http://127.0.0.1:{port}" in capsys.readouterr().out

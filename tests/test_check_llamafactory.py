@@ -42,3 +42,31 @@ def test_the_torchaudio_stand_in_imports_and_refuses_any_use(tmp_path):
     spec.loader.exec_module(stub)
     with pytest.raises(AttributeError, match="stand-in"):
         stub.load("speech.wav")
+
+
+gpu = load_script("llamafactory_gpu")
+
+
+def test_the_gpu_route_holds_the_installed_torch_and_its_venv_sees_it(tmp_path):
+    # Prevents: LLaMA-Factory's install swapping the image's CUDA torch, or a venv that cannot see it at all.
+    import subprocess
+    import venv
+    from importlib import metadata
+
+    held = gpu.held_versions()
+    assert held[0] == f"torch=={metadata.version('torch')}"
+    folder = tmp_path / "venv"
+    venv.create(folder, with_pip=False, system_site_packages=True)  # as the script builds it, without pip's minutes
+    shown = subprocess.run([str(folder / "bin" / "python"), "-c", "import torch; print(torch.__file__)"],
+                           capture_output=True, text=True, check=True).stdout.strip()
+    import torch
+
+    assert shown == torch.__file__
+
+
+def test_the_gpu_route_prints_train_and_the_web_ui_on_6006():
+    # Prevents: a build that ends without the next command, or a web UI on gradio's 7860 that AutoDL cannot show.
+    steps = gpu.next_steps()
+    assert "llamafactory-cli train outputs/llamafactory/data/course_nekoqa_sft.yaml" in steps
+    assert "GRADIO_SERVER_PORT=6006" in steps and "GRADIO_SERVER_NAME=0.0.0.0" in steps and "webui" in steps
+    assert "ssh -CNg -L 6006:127.0.0.1:6006" in steps

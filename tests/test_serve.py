@@ -8,11 +8,13 @@ from __future__ import annotations
 import json
 import socket
 import sys
+from pathlib import Path
 
 import pytest
 
 from helpers import serve
-from helpers.serve import ServeError, free_port, greedy_request, start_server
+from helpers.ports import free_port, port_in_use
+from helpers.serve import ServeError, greedy_request, start_server
 from helpers.train import GREEDY
 
 MESSAGES = [{"role": "user", "content": "What is the capital of France?"}]
@@ -73,7 +75,7 @@ def test_taken_port_is_refused_before_starting_with_the_port_named(tiny_folder, 
     message = str(error.value)
     assert f"端口 {port} 已被占用" in message and f"Port {port} is already in use" in message
     assert f"--port {port + 1}" in message
-    assert not serve.port_in_use(free_port())
+    assert not port_in_use(free_port())
 
 
 # Prevents: a cryptic traceback from deep inside from_pretrained when lesson 06 has not been run.
@@ -120,3 +122,56 @@ def test_greedy_request_carries_the_course_decoding():
     request = greedy_request(7)
     assert request["max_tokens"] == 7 and request["temperature"] == 0
     assert json.loads(request["extra_body"]["generation_config"]) == {**GREEDY, "max_new_tokens": 7}
+
+
+# A stand-in for transformers serve: /health and /v1/chat/completions, answered in JSON (tests/fake_http.py).
+FAKE_SERVER = """
+import sys
+from http.server import HTTPServer
+sys.path.insert(0, sys.argv[2])
+from fake_http import JSONHandler
+
+class Handler(JSONHandler):
+    def do_GET(self):
+        self.send_json(200 if self.path == "/health" else 404, {})
+
+    def do_POST(self):
+        self.rfile.read(int(self.headers.get("Content-Length", 0)))
+        self.send_json(200, {"id": "x", "object": "chat.completion", "created": 0, "model": "m",
+                             "choices": [{"index": 0, "finish_reason": "stop",
+                                          "message": {"role": "assistant", "content": "local reply"}}]})
+
+HTTPServer(("127.0.0.1", int(sys.argv[1])), Handler).serve_forever()
+"""
+PROXY_VARIABLES = ("http_proxy", "HTTP_PROXY", "https_proxy", "HTTPS_PROXY", "all_proxy", "ALL_PROXY")
+
+
+# Prevents: after AutoDL's `source /etc/network_turbo` (http_proxy, no no_proxy), the readiness check and the openai
+# client sending 127.0.0.1 to the proxy, so a running local server times out.
+def test_local_server_is_reached_while_a_dead_proxy_is_set(tiny_folder, tmp_path, monkeypatch):
+    from openai import OpenAI
+
+    dead_proxy = f"http://127.0.0.1:{free_port()}"  # nothing listens there
+    for name in PROXY_VARIABLES:
+        monkeypatch.setenv(name, dead_proxy)
+    monkeypatch.delenv("no_proxy", raising=False)
+    monkeypatch.delenv("NO_PROXY", raising=False)
+    tests = str(Path(__file__).parent)
+    monkeypatch.setattr(serve, "serve_command",
+                        lambda folder, port, host: [sys.executable, "-c", FAKE_SERVER, str(port), tests])
+    with start_server(tiny_folder, port=free_port(), timeout_s=20, log=tmp_path / "server.log") as server:
+        client = OpenAI(base_url=server.base_url, api_key="EMPTY", max_retries=0, timeout=10)
+        reply = client.chat.completions.create(model=server.model, messages=MESSAGES)
+    assert reply.choices[0].message.content == "local reply"
+
+
+# Prevents: the local bypass wiping hosts a student (or the platform) already exempted from the proxy.
+def test_proxy_bypass_keeps_existing_no_proxy_hosts(monkeypatch):
+    from helpers.net import bypass_proxy_for_local
+
+    monkeypatch.setenv("no_proxy", "intranet.example, localhost")
+    monkeypatch.delenv("NO_PROXY", raising=False)
+    bypass_proxy_for_local()
+    bypass_proxy_for_local()
+    expected = "intranet.example,localhost,127.0.0.1,0.0.0.0"
+    assert serve.os.environ["no_proxy"] == serve.os.environ["NO_PROXY"] == expected
