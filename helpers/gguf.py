@@ -168,7 +168,8 @@ def failure(log: Path, architecture: str, folder: Path, needed: int) -> GGUFErro
         return GGUFError(
             f"这个 llama.cpp 版本（{converter_pin()}）的 convert_hf_to_gguf.py 不支持 {architecture}。"
             "请换一个 llama.cpp 支持的模型（Qwen2.5、Llama、SmolLM2 等），或在 requirements-gguf.txt 里换更新的版本后"
-            "运行 `python -m helpers.gguf fetch`；支持的结构：`python <转换器>/convert_hf_to_gguf.py --print-supported-models`。\n"
+            "运行 `python -m helpers.gguf fetch`；支持的结构："
+            "`python <转换器>/convert_hf_to_gguf.py --print-supported-models`。\n"
             f"llama.cpp's converter ({converter_pin()}) does not support {architecture}: choose a model it supports, "
             "or pin a newer llama-cpp-python in requirements-gguf.txt and run `python -m helpers.gguf fetch`."
             f"\n--- {display_path(log)} ---\n{tail}"

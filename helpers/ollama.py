@@ -86,7 +86,8 @@ def write_modelfile(gguf: Path, tokenizer, system: str | None = None) -> Path:
     if "<|im_start|>" not in tokenizer.apply_chat_template(PROBES[0], tokenize=False, add_generation_prompt=True):
         raise OllamaTemplateError(
             "课程只为 ChatML 模板（Qwen2.5、SmolLM2、Yi 等）生成并核对 Modelfile；这个模型用的是别的模板。请按第 02 课"
-            "手写 TEMPLATE，并用 helpers.ollama.check_template 核对后再用；或不写 TEMPLATE，让 Ollama 读取 GGUF 里的模板。\n"
+            "手写 TEMPLATE，并用 helpers.ollama.check_template 核对后再用；"
+            "或不写 TEMPLATE，让 Ollama 读取 GGUF 里的模板。\n"
             "The course writes and checks Modelfiles for ChatML models only: write this model's TEMPLATE by hand and "
             "check it with helpers.ollama.check_template, or leave TEMPLATE out so Ollama uses the GGUF's own."
         )
