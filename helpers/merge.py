@@ -24,9 +24,9 @@ def merged_dir(lesson: str, profile: Profile) -> Path:
 
 
 def merge_adapter(model_dir: Path, adapter: Path, target: Path, dtype: torch.dtype, max_shard_size: str) -> None:
-    """Reload the base in ``dtype``, merge the adapter, save sharded safetensors + tokenizer, then the marker."""
+    """Reload the base in ``dtype`` (on the GPU if there is one), merge the adapter, save shards + tokenizer, marker."""
     (target / COMPLETE_MARKER).unlink(missing_ok=True)
-    base = AutoModelForCausalLM.from_pretrained(model_dir, dtype=dtype)
+    base = AutoModelForCausalLM.from_pretrained(model_dir, dtype=dtype, device_map={"": device()})
     merged = PeftModel.from_pretrained(base, adapter).merge_and_unload()
     merged.save_pretrained(target, max_shard_size=max_shard_size)  # also writes generation_config.json
     AutoTokenizer.from_pretrained(adapter).save_pretrained(target)
