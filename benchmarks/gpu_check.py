@@ -215,8 +215,9 @@ def settings_for(model_id: str, smoke: bool) -> list[Setting]:
     liger = CUDA and importlib.util.find_spec("liger_kernel") is not None
     attention, compute = fastest_attention(), torch.bfloat16 if CUDA else torch.float32
     old = replace(GPU_RECIPES["huanhuan"], checkpointing=True)  # 4 rows x 4 accumulation, as shipped
-    if smoke:  # CPU: the tiny sizes, one model; the labels and code paths of the real check
-        old = replace(seed, batch_size=2, grad_accum=2)
+    if smoke:  # CPU, in make test: every label and code path of the real check, on short rows and small batches
+        new, faster = replace(new, batch_size=2, cutoff=64), replace(faster, batch_size=4, cutoff=64)
+        old = replace(seed, batch_size=1, grad_accum=2, cutoff=64)
     plan = [Setting("old default", "huanhuan", old, PACKED_SDPA, False, torch.float32),
             Setting("new default", "huanhuan", new, attention, liger, compute),
             Setting("faster", "huanhuan", faster, attention, liger, compute)]
@@ -224,8 +225,8 @@ def settings_for(model_id: str, smoke: bool) -> list[Setting]:
         plan.append(Setting("faster, no Liger", "huanhuan", faster, attention, False, compute))
     plan.append(Setting("faster, checkpointing " + ("off" if faster.checkpointing else "on"), "huanhuan",
                         replace(faster, checkpointing=not faster.checkpointing), attention, liger, compute))
-    for rows in (2, 4) if smoke else SCAN_ROWS:
-        scan = replace(seed, batch_size=rows, grad_accum=1, checkpointing=True)
+    for rows in (1, 2) if smoke else SCAN_ROWS:
+        scan = replace(seed, batch_size=rows, grad_accum=1, checkpointing=True, cutoff=64 if smoke else seed.cutoff)
         plan.append(Setting(f"scan {rows}", "huanhuan", scan, "sdpa", False, compute))
     if CUDA:  # a variable-length route that skips the masked-out blocks: adopted only if this measures it faster
         plan.append(Setting("faster, flex_attention", "huanhuan", faster, "flex_attention", liger, compute))

@@ -218,7 +218,10 @@ def code_cells(notebook: Path) -> Iterator[tuple[str, str]]:
 
 
 def python_files() -> list[Path]:
-    return sorted(p for folder in ("helpers", "scripts", "benchmarks") for p in (REPO_ROOT / folder).glob("*.py"))
+    """The course's own Python; not ``scripts/*_side.py``, which run in another tool's environment (LLaMA-Factory's,
+    llama-cpp-python's) against that tool's API, where ``generate(temp=...)`` is llama.cpp's, not transformers'."""
+    return sorted(p for folder in ("helpers", "scripts", "benchmarks") for p in (REPO_ROOT / folder).glob("*.py")
+                  if not p.name.endswith("_side.py"))
 
 
 def check_notebook(notebook: Path) -> list[str]:

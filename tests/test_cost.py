@@ -104,7 +104,7 @@ def test_recipe_that_fits_returns_and_prints_the_estimate(capsys):
 # Prevents: the lesson loading a model for minutes (or starting to train) before saying the run cannot fit.
 def test_training_lesson_is_refused_before_the_model_loads(monkeypatch, tmp_path, capsys):
     monkeypatch.setattr(cost, "gpu_memory", lambda: ("fake 0.5GB", GIB // 2))
-    monkeypatch.setattr(lessons, "adapter_dir", lambda lesson, profile: tmp_path / "adapter")
+    monkeypatch.setattr(lessons, "adapter_dir", lambda lesson, profile, variant="": tmp_path / "adapter")
     monkeypatch.setattr(lessons, "load_model_4bit", lambda *args, **kwargs: pytest.fail("loaded before the check"))
     with pytest.raises(MemoryFitError, match="fake 0.5GB"):
         lessons.train_lesson("nekoqa", profile=get_profile("tiny"), force=True)

@@ -91,17 +91,12 @@ def test_f16_export_has_the_merged_logits_and_the_training_template(merged, held
     assert export_gguf(merged, "f16", path) == path  # reused, not converted again
 
 
-# Prevents: a q8_0 file that is not about half the f16 size, or that transformers cannot read back as the same model.
-def test_q8_0_export_is_half_the_size_and_keeps_top1_predictions(merged, heldout, tmp_path):
-    from transformers import AutoModelForCausalLM
-
-    _, _, batch = heldout
+# Prevents: a q8_0 file that is not about half the f16 size. (Reading it back, slow on CPU, is lesson 06's job under
+# nbval: it loads the q8_0 file and prints its greedy agreement with the merged model.)
+def test_q8_0_export_is_about_half_the_f16_size(merged, tmp_path):
     path = export_gguf(merged, "q8_0", tmp_path / "model-q8_0.gguf")
     assert 0.5 < path.stat().st_size / (gguf.BYTES_PER_WEIGHT["q8_0"] * gguf.weight_count(merged)) < 1.05
-    diff = gguf_logit_diff(AutoModelForCausalLM.from_pretrained(merged, dtype=torch.float32), load_gguf(path)[0],
-                           batch)
-    # Measured on this random update: top-1 93.8%, mean |diff| 0.18 (the 8-bit rounding; a wrong layout gives ~50%).
-    assert diff["top1_agree"] >= 0.9, diff
+    assert not list(tmp_path.glob("*.part"))
 
 
 # Prevents: a Modelfile whose TEMPLATE / SYSTEM build another prompt than training (Ollama's reply rambles).
