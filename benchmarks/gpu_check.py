@@ -56,7 +56,7 @@ from transformers.trainer_callback import PrinterCallback, ProgressCallback
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # the repository, for helpers and benchmarks
 
 from helpers.attention import PACKED_SDPA, fastest_attention  # noqa: E402
-from helpers.cost import SEVEN_B, lesson_settings, plan_batch, row_lengths  # noqa: E402
+from helpers.cost import SEVEN_B, lesson_settings, plan_batch, row_lengths, shipped_lengths, straight_line  # noqa: E402
 from helpers.memory import ModelShape, estimate  # noqa: E402
 from helpers.merge import merge_adapter  # noqa: E402
 from helpers.profiles import GPU_MODEL_ID, GPU_RECIPES, Recipe, get_profile  # noqa: E402
@@ -97,7 +97,7 @@ def materialize(model_id: str, folder: Path, dtype: torch.dtype) -> ModelShape:
                                         pad_token="<pad>", eos_token="<eos>", unk_token="<unk>")
     tokenizer.chat_template = CHAT_TEMPLATE
     tokenizer.save_pretrained(folder)
-    return ModelShape.from_config(config_dir)
+    return shape_of(model_id)
 
 
 def lesson_rows(lesson: str, count: int, cutoff: int, vocab_size: int, seed: int = 0) -> list[dict[str, list[int]]]:
@@ -210,7 +210,7 @@ def settings_for(model_id: str, smoke: bool) -> list[Setting]:
     """What to run on one model, in order of importance (the budget may end the list early)."""
     profile = get_profile("tiny" if smoke else "gpu", model=model_id)
     seed, fast = profile.recipe("huanhuan"), profile.faster_recipe("huanhuan")
-    lengths = [prompt + reply for prompt, reply in row_lengths("huanhuan")]
+    lengths = shipped_lengths("huanhuan")
     new, faster = plan_batch(model_id, "huanhuan", seed, lengths), plan_batch(model_id, "huanhuan", fast, lengths)
     liger = CUDA and importlib.util.find_spec("liger_kernel") is not None
     attention, compute = fastest_attention(), torch.bfloat16 if CUDA else torch.float32
@@ -231,8 +231,7 @@ def settings_for(model_id: str, smoke: bool) -> list[Setting]:
     if CUDA:  # a variable-length route that skips the masked-out blocks: adopted only if this measures it faster
         plan.append(Setting("faster, flex_attention", "huanhuan", faster, "flex_attention", liger, compute))
     if model_id == SEVEN_B:
-        nekoqa = plan_batch(model_id, "nekoqa", profile.recipe("nekoqa"),
-                            [prompt + reply for prompt, reply in row_lengths("nekoqa")])
+        nekoqa = plan_batch(model_id, "nekoqa", profile.recipe("nekoqa"), shipped_lengths("nekoqa"))
         plan.append(Setting("new default", "nekoqa", nekoqa, attention, liger, compute))
     return plan
 
@@ -308,11 +307,7 @@ def write(report: dict, out: Path) -> None:
 def fixed_cost(runs: list[dict]) -> float | None:
     """The intercept of seconds per micro-step against tokens per micro-step over one model's scan runs."""
     points = [(run["tokens_per_step"], run["seconds_per_step"]) for run in runs if run["label"].startswith("scan")]
-    if len(points) < 2:
-        return None
-    mean_x, mean_y = statistics.mean(x for x, _ in points), statistics.mean(y for _, y in points)
-    slope = sum((x - mean_x) * (y - mean_y) for x, y in points) / sum((x - mean_x) ** 2 for x, _ in points)
-    return mean_y - slope * mean_x
+    return straight_line(points)[0] if len(points) >= 2 else None
 
 
 def summary(report: dict) -> str:

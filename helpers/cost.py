@@ -241,12 +241,19 @@ def step_cost(results: Path = MEASURED) -> StepCost:
     """Least-squares fit of seconds per micro-step against FLOPS_PER_TOKEN x parameters x tokens (``fitted_runs``)."""
     points = [(FLOPS_PER_TOKEN * find_model(run["model"]).shape.parameters() * run["tokens_per_step"],
                run["seconds_per_step"]) for run in fitted_runs(results)]
-    n, mean_x, mean_y = len(points), sum(x for x, _ in points) / len(points), sum(y for _, y in points) / len(points)
+    intercept, slope = straight_line(points)
+    return StepCost(fixed_s=intercept, flops=1 / slope, card=H200, runs=len(points))
+
+
+def straight_line(points: list[tuple[float, float]]) -> tuple[float, float]:
+    """Least-squares intercept and slope of y against x."""
+    mean_x, mean_y = sum(x for x, _ in points) / len(points), sum(y for _, y in points) / len(points)
     slope = sum((x - mean_x) * (y - mean_y) for x, y in points) / sum((x - mean_x) ** 2 for x, _ in points)
-    return StepCost(fixed_s=mean_y - slope * mean_x, flops=1 / slope, card=H200, runs=n)
+    return mean_y - slope * mean_x, slope
 
 
-def row_lengths(lesson: str) -> list[tuple[int, int]]:
+@cache  # one read of the data per lesson, however many models and recipes a cost table lists
+def row_lengths(lesson: str) -> tuple[tuple[int, int], ...]:
     """Estimated (prompt, reply) tokens of each training row of the shipped data (a pair for DPO), from characters."""
     if lesson == DPO_LESSON:
         rows = [pair["prompt"] + pair["chosen"] + pair["rejected"] for pair in load_preferences("train")]
@@ -256,14 +263,18 @@ def row_lengths(lesson: str) -> list[tuple[int, int]]:
     def tokens(messages: list[dict]) -> int:
         return round(sum(len(message["content"]) * TOKENS_PER_CHAR + TOKENS_PER_TURN for message in messages))
 
-    return [(tokens(row[:-1]), tokens(row[-1:])) for row in rows]
+    return tuple((tokens(row[:-1]), tokens(row[-1:])) for row in rows)
 
 
-@cache  # one read of the data per lesson, however many models a cost table lists
+def shipped_lengths(lesson: str) -> list[int]:
+    """Estimated tokens of each shipped training row: the lengths ``plan_batch`` splits a cost table's batch by."""
+    return [prompt + reply for prompt, reply in row_lengths(lesson)]
+
+
 def row_tokens(lesson: str) -> float:
     """Estimated mean tokens of one training row of the shipped data."""
-    lengths = row_lengths(lesson)
-    return sum(prompt + reply for prompt, reply in lengths) / len(lengths)
+    lengths = shipped_lengths(lesson)
+    return sum(lengths) / len(lengths)
 
 
 def lesson_cost(lesson: str, model_id: str, card: Card = RTX_4090, faster: bool = False) -> dict[str, float]:
@@ -274,7 +285,7 @@ def lesson_cost(lesson: str, model_id: str, card: Card = RTX_4090, faster: bool 
     """
     profile = get_profile("gpu", model=model_id)
     shape = find_model(model_id).shape
-    lengths = [prompt + reply for prompt, reply in row_lengths(lesson)]
+    lengths = shipped_lengths(lesson)
     seed = profile.faster_recipe(lesson) if faster else profile.recipe(lesson)
     recipe = planned_recipe(shape, lesson, seed, card.memory_bytes, lengths)
     rows = recipe.max_steps * recipe.rows_per_step

@@ -33,7 +33,7 @@ from helpers.cost import (
     out_of_memory_error,
     plan_batch,
     planned_recipe,
-    row_lengths,
+    shipped_lengths,
     step_cost,
 )
 from helpers.data import encode_conversations
@@ -53,10 +53,6 @@ BATCH_ADVICE = re.compile(r"per_device_train_batch_size=(\d+), gradient_accumula
 CUTOFF_ADVICE = re.compile(r"cutoff \(max_length\) (\d+)")
 MODEL_ADVICE = re.compile(r"COURSE_MODEL=(\S+)")
 OOM = "CUDA out of memory. Tried to allocate 2.00 GiB"
-
-
-def shipped_lengths(lesson: str) -> list[int]:
-    return [prompt + reply for prompt, reply in row_lengths(lesson)]
 
 
 def gpu_recipe(model_id: str, lesson: str):
