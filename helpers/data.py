@@ -20,9 +20,10 @@ import random
 import sys
 from pathlib import Path
 
+from helpers.lesson03_cells import truncate  # lesson 03's "# @save encode" cell
 from helpers.messages import warn
 from helpers.paths import DATA_DIR
-from helpers.templates import IGNORE_INDEX, Message, TemplateError, encode_with_label_mask, strip_contents
+from helpers.templates import Message, TemplateError, encode_with_label_mask, strip_contents
 
 HUANHUAN_SYSTEM = (DATA_DIR / "huanhuan" / "system_prompt.txt").read_text(encoding="utf-8").strip()
 TANG_SYSTEM = "You are a helpful assistant and good at writing Tang poem. 你是一個樂於助人的助手且擅長寫唐詩。"
@@ -307,56 +308,6 @@ def warn_duplicates(path: str | Path, rows: list) -> None:
             f"{path}: {count} duplicate rows (e.g. row {row} repeats row {first}); "
             "duplicates weigh more in training: remove them."
         )
-
-
-def infer_seqlen(source_len: int, target_len: int, budget: int) -> tuple[int, int]:
-    """How many prompt and reply tokens of one turn fit in ``budget``: LLaMA-Factory's ``infer_seqlen`` rule.
-
-    A reply shorter than half the budget is kept whole; else a prompt shorter than half is kept
-    whole; else the budget is split in proportion to the two lengths.
-    """
-    if target_len * 2 < budget:
-        max_target = budget
-    elif source_len * 2 < budget:
-        max_target = budget - source_len
-    else:
-        max_target = int(budget * target_len / (source_len + target_len))
-    keep_target = min(max_target, target_len)
-    return min(max(budget - keep_target, 0), source_len), keep_target
-
-
-def turn_spans(labels: list[int]) -> list[tuple[range, range]]:
-    """Each turn's (prompt, reply) token positions: a run of masked tokens, then the learned reply after it."""
-    spans, start = [], 0
-    while start < len(labels):
-        reply = start
-        while reply < len(labels) and labels[reply] == IGNORE_INDEX:
-            reply += 1
-        end = reply
-        while end < len(labels) and labels[end] != IGNORE_INDEX:
-            end += 1
-        spans.append((range(start, reply), range(reply, end)))
-        start = end
-    return spans
-
-
-def truncate(input_ids: list[int], labels: list[int], cutoff: int) -> tuple[list[int], list[int]]:
-    """Fit a sample into ``cutoff`` tokens the way LLaMA-Factory does, turn by turn from the first.
-
-    Each turn gets what is left of the budget, shared between its prompt and its reply by
-    ``infer_seqlen``, and keeps the *start* of both: the system prompt and the role headers survive,
-    the end of a long reply (and any later turn that no longer fits) is dropped.
-    """
-    if len(input_ids) <= cutoff:
-        return input_ids, labels
-    kept: list[int] = []
-    for prompt, reply in turn_spans(labels):
-        budget = cutoff - len(kept)
-        if budget <= 0:
-            break
-        keep_prompt, keep_reply = infer_seqlen(len(prompt), len(reply), budget)
-        kept += [*prompt[:keep_prompt], *reply[:keep_reply]]
-    return [input_ids[i] for i in kept], [labels[i] for i in kept]
 
 
 def encode_and_count(tokenizer, conversations: list[list[Message]],

@@ -13,6 +13,7 @@ from pathlib import Path
 from peft import PeftModel
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
+from helpers import lesson03_cells as cells
 from helpers.cost import NOTEBOOKS, lesson_cost, minutes
 from helpers.data import encode_conversations
 from helpers.download import download_model
@@ -20,7 +21,6 @@ from helpers.evaluate import persona_rate, score, share, stopped_by_itself, vers
 from helpers.hardware import compute_dtype, device
 from helpers.hub_data import course_conversations
 from helpers.models import find_model
-from helpers.notebook_code import run_saved
 from helpers.paths import display_path, is_complete, one_at_a_time, outputs_dir
 from helpers.profiles import Profile, Recipe, get_profile
 from helpers.sft_run import PreparedRun, fit, prepare
@@ -64,7 +64,7 @@ def prepare_lesson(lesson: str, profile: Profile, recipe: Recipe | None = None) 
 
 def save_adapter(trainer, tokenizer, target: Path) -> None:
     """Notebook 03's save cell: drop the marker, save adapter and tokenizer, then write the marker."""
-    run_saved("save", {"trainer": trainer, "tokenizer": tokenizer, "adapter_path": target})
+    cells.save(adapter_path=target, trainer=trainer, tokenizer=tokenizer)
 
 
 # Measured on the tiny profile, 2 CPU cores (notebooks 03-05, ``train_runtime`` plus loading): about a minute each.

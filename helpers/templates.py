@@ -15,7 +15,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 
-IGNORE_INDEX = -100  # label value that torch's cross-entropy skips
+from helpers.lesson03_cells import IGNORE_INDEX, assistant_labels, chat_ids  # lesson 03's "# @save encode" cell
 
 Message = dict[str, str]
 
@@ -95,27 +95,6 @@ def get_template(name: str) -> ChatTemplate:
     return TEMPLATES[name]
 
 
-def _template_ids(tokenizer, messages: list[Message], add_generation_prompt: bool = False) -> list[int]:
-    # transformers 5 returns a BatchEncoding (a dict) from apply_chat_template(tokenize=True)
-    encoded = tokenizer.apply_chat_template(messages, tokenize=True, add_generation_prompt=add_generation_prompt)
-    return list(encoded["input_ids"])
-
-
-def _assistant_labels(tokenizer, messages: list[Message], input_ids: list[int]) -> list[int] | None:
-    """Labels that learn every assistant turn of ``input_ids``; None when a turn's prompt is not a prefix of them."""
-    labels = [IGNORE_INDEX] * len(input_ids)
-    for i, message in enumerate(messages):
-        if message["role"] != "assistant":
-            continue
-        prompt = _template_ids(tokenizer, messages[:i], add_generation_prompt=True)
-        through_reply = _template_ids(tokenizer, messages[: i + 1])
-        start, end = len(prompt), len(through_reply)
-        if input_ids[:start] != prompt or input_ids[:end] != through_reply:
-            return None
-        labels[start:end] = input_ids[start:end]
-    return labels
-
-
 _SYSTEM_PROBE = "<<course-system-probe>>"  # a system text no chat template writes by itself
 
 
@@ -134,8 +113,8 @@ def default_system_prompt(tokenizer) -> str:
 def reply_label(tokenizer, messages: list[Message]) -> str:
     """The last reply as LLaMA-Factory labels its predictions: through the end of turn, special tokens dropped."""
     # ChatML: "喵~<|im_end|>\n" decodes to "喵~\n", the newline after the end-of-turn token stays (Llama 3: "喵~").
-    prompt = _template_ids(tokenizer, messages[:-1], add_generation_prompt=True)
-    return tokenizer.decode(_template_ids(tokenizer, messages)[len(prompt):], skip_special_tokens=True)
+    prompt = chat_ids(tokenizer, messages[:-1], add_generation_prompt=True)
+    return tokenizer.decode(chat_ids(tokenizer, messages)[len(prompt):], skip_special_tokens=True)
 
 
 def strip_contents(messages: list[Message]) -> list[Message]:
@@ -158,7 +137,7 @@ def _unlocated_reply_error(tokenizer, messages: list[Message]) -> TemplateError:
     padded = [(number, m) for number, m in enumerate(messages, start=1) if m["content"] != m["content"].strip()]
     if padded:
         stripped = strip_contents(messages)
-        if _assistant_labels(tokenizer, stripped, _template_ids(tokenizer, stripped)) is not None:
+        if assistant_labels(tokenizer, stripped, chat_ids(tokenizer, stripped)) is not None:
             turns_zh = "；".join(f"第 {n} 轮 {m['role']} {_edges(m['content'])[0]}" for n, m in padded)
             turns_en = "; ".join(f"turn {n} ({m['role']}) {_edges(m['content'])[1]}" for n, m in padded)
             return TemplateError(
@@ -186,8 +165,8 @@ def encode_with_label_mask(tokenizer, messages: list[Message]) -> dict[str, list
             "对话里没有 assistant 回复，全部标签都会是 -100，模型什么也学不到。\n"
             "The conversation has no assistant turn: every label would be -100 and nothing would be learned."
         )
-    input_ids = _template_ids(tokenizer, messages)
-    labels = _assistant_labels(tokenizer, messages, input_ids)
+    input_ids = chat_ids(tokenizer, messages)
+    labels = assistant_labels(tokenizer, messages, input_ids)
     if labels is None:
         raise _unlocated_reply_error(tokenizer, messages)
     return {"input_ids": input_ids, "attention_mask": [1] * len(input_ids), "labels": labels}

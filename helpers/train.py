@@ -18,10 +18,10 @@ from transformers.trainer_callback import ProgressCallback
 from trl import SFTConfig, SFTTrainer
 from trl.trainer.sft_trainer import DataCollatorForLanguageModeling
 
+from helpers import lesson03_cells as cells
 from helpers.attention import fastest_attention
 from helpers.hardware import compute_dtype, device
 from helpers.models import SEVEN_PROJECTIONS, ModelShape
-from helpers.notebook_code import run_saved
 from helpers.profiles import Profile, Recipe
 from helpers.templates import IGNORE_INDEX
 
@@ -34,12 +34,12 @@ _PAD_LIKE_TRAINING = DataCollatorForLanguageModeling(pad_token_id=0)
 
 def quantization_config(dtype: torch.dtype) -> BitsAndBytesConfig:
     """NF4 weights with double quantization; matmuls run in ``dtype`` (the QLoRA recipe): notebook 03's cell."""
-    return run_saved("quantization", {"dtype": dtype})["bnb_config"]
+    return cells.quantization(dtype=dtype)
 
 
 def lora_config(recipe: Recipe, target_modules: tuple[str, ...] | str = SEVEN_PROJECTIONS) -> LoraConfig:
     """LoRA on ``target_modules`` (default: the seven projections; ``profile.lora_targets``): notebook 03's cell."""
-    return run_saved("lora", {"recipe": recipe, "target_modules": target_modules})["lora"]
+    return cells.lora(recipe=recipe, target_modules=target_modules)
 
 
 def sft_config(recipe: Recipe, output_dir: Path, dtype: torch.dtype, seed: int,
@@ -48,8 +48,7 @@ def sft_config(recipe: Recipe, output_dir: Path, dtype: torch.dtype, seed: int,
 
     ``eval_steps``: the held-out loss every that many steps (the trainer then needs ``eval_rows``); None: no eval.
     """
-    namespace = {"recipe": recipe, "output_dir": output_dir, "dtype": dtype, "seed": seed, "eval_steps": eval_steps}
-    return run_saved("sft_config", namespace)["args"]
+    return cells.sft_config(output_dir=output_dir, recipe=recipe, eval_steps=eval_steps, dtype=dtype, seed=seed)
 
 
 def load_model_4bit(model_dir: Path, profile: Profile, attn_implementation: str | None = None) -> AutoModelForCausalLM:
@@ -58,10 +57,9 @@ def load_model_4bit(model_dir: Path, profile: Profile, attn_implementation: str 
     Notebook 03's cell, with the device of this process (one GPU per rank under DDP).
     """
     dtype = compute_dtype(profile)
-    namespace = {"model_dir": model_dir, "dtype": dtype, "bnb_config": quantization_config(dtype),
-                 "attention": attn_implementation or fastest_attention(),
-                 "device_map": {"": PartialState().local_process_index if device().type == "cuda" else "cpu"}}
-    return run_saved("load_4bit", namespace)["model"]
+    device_map = {"": PartialState().local_process_index if device().type == "cuda" else "cpu"}
+    return cells.load_4bit(model_dir=model_dir, bnb_config=quantization_config(dtype), dtype=dtype,
+                           attention=attn_implementation or fastest_attention(), device_map=device_map)
 
 
 class LossPlot(TrainerCallback):
@@ -153,9 +151,8 @@ def make_trainer(model, tokenizer, train_rows: list[dict], lora: LoraConfig, arg
                  callbacks: list[TrainerCallback] = (), eval_rows: list[dict] | None = None) -> SFTTrainer:
     """Notebook 03's SFTTrainer cell (LoRA kept in fp32 unless training in bf16), with a tqdm progress bar."""
     check_lora_targets(model, lora.target_modules)
-    namespace = {"model": model, "tokenizer": tokenizer, "train_rows": train_rows, "eval_rows": eval_rows,
-                 "lora": lora, "args": args, "callbacks": list(callbacks)}
-    return with_tqdm(run_saved("trainer", namespace)["trainer"])
+    return with_tqdm(cells.trainer(model=model, args=args, train_rows=train_rows, eval_rows=eval_rows,
+                                   tokenizer=tokenizer, lora=lora, callbacks=list(callbacks)))
 
 
 def adapters_in_training_dtype(trainer) -> None:
@@ -184,7 +181,7 @@ def with_tqdm(trainer):
 
 def unfinished_checkpoint(output_dir: str | Path, max_steps: int) -> str | None:
     """The last complete checkpoint of an interrupted run, or None when there is none or the run had finished."""
-    return run_saved("resume", {})["last_complete_checkpoint"](output_dir, max_steps)
+    return cells.last_complete_checkpoint(output_dir, max_steps)
 
 
 def train(trainer: SFTTrainer, lesson: str = "nekoqa", recipe: Recipe | None = None) -> None:
@@ -193,14 +190,13 @@ def train(trainer: SFTTrainer, lesson: str = "nekoqa", recipe: Recipe | None = N
     A CUDA out-of-memory becomes ``helpers.cost.MemoryFitError``: what to lower for ``lesson``'s ``recipe``, and
     the last complete checkpoint, from which the next run resumes.
     """
-    namespace = run_saved("resume", {"trainer": trainer, "args": trainer.args})
     try:
-        run_saved("train", namespace)
+        cells.train(args=trainer.args, trainer=trainer)
     except torch.OutOfMemoryError as error:
         from helpers.cost import out_of_memory_error  # helpers.cost imports the data helpers, which import this
 
         args = trainer.args
-        checkpoint = namespace["last_complete_checkpoint"](args.output_dir, args.max_steps)
+        checkpoint = cells.last_complete_checkpoint(args.output_dir, args.max_steps)
         raise out_of_memory_error(lesson, recipe, ModelShape.from_config(trainer.model.config), checkpoint) from error
 
 

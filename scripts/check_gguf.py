@@ -58,7 +58,9 @@ def ensure_venv(rebuild: bool = False) -> float:
     print(f"[venv] 编译 / compiling {converter_pin()} into {display_path(VENV)}（2 核约 5 分钟 / ~5 min on 2 cores）",
           flush=True)
     venv.create(VENV, with_pip=True, clear=True)
-    env = {**os.environ, "CMAKE_BUILD_PARALLEL_LEVEL": str(os.cpu_count() or 2)}
+    # No multimodal library (mtmd/llava): the check answers text only, and it is a third of the compile.
+    env = {**os.environ, "CMAKE_BUILD_PARALLEL_LEVEL": str(os.cpu_count() or 2),
+           "CMAKE_ARGS": f"{os.environ.get('CMAKE_ARGS', '')} -DLLAVA_BUILD=OFF".strip()}
     run([str(venv_python()), "-m", "pip", "install", "--disable-pip-version-check", "-q", str(sdist_path())],
         VENV / "install.log", env)
     run([str(venv_python()), "-c", "import llama_cpp"], VENV / "import.log")

@@ -12,10 +12,10 @@ import math
 import pytest
 import torch
 
+from helpers import lesson03_cells as cells
 from helpers.data import encode_conversations
 from helpers.download import download_model
 from helpers.hub_data import course_conversations
-from helpers.notebook_code import run_saved
 from helpers.profiles import get_profile
 from helpers.train import heldout_loss, load_model_4bit, lora_config, make_trainer, quantization_config, sft_config
 
@@ -45,9 +45,8 @@ def test_lora_weights_stay_bf16_when_training_in_bf16(tiny_tokenizer, rows, tmp_
 
 def load_cell_model(dtype: torch.dtype):
     """Notebook 03's load cell as it runs on a machine computing in ``dtype`` (bf16: a GPU's)."""
-    namespace = {"model_dir": download_model(profile=get_profile("tiny")), "dtype": dtype,
-                 "bnb_config": quantization_config(dtype), "attention": "sdpa", "device_map": "cpu"}
-    return run_saved("load_4bit", namespace)["model"]
+    return cells.load_4bit(model_dir=download_model(profile=get_profile("tiny")), bnb_config=quantization_config(dtype),
+                           dtype=dtype, attention="sdpa", device_map="cpu")
 
 
 def frozen_dtypes(model) -> set[torch.dtype]:

@@ -115,14 +115,14 @@ def test_killed_training_resumes_after_its_checkpoint_and_finishes(tmp_path):
           f"resumed at step {logged[0]}, finished step {logged[-1]} ({time.perf_counter() - start:.0f} s)")
 
 
-def write_checkpoint(output_dir: Path, step: int, complete: bool) -> Path:
-    """A fake ``checkpoint-N``: weights first, trainer_state.json last (cut short when not complete)."""
+def write_checkpoint(output_dir: Path, step: int, complete: bool, max_steps: int = 20) -> Path:
+    """A fake ``checkpoint-N`` of a run: weights first, trainer_state.json last (cut short when not complete)."""
     folder = output_dir / f"checkpoint-{step}"
     folder.mkdir(parents=True)
     (folder / "adapter_model.safetensors").write_bytes(b"weights")
     (folder / "optimizer.pt").write_bytes(b"optimizer")
     if complete:
-        (folder / "trainer_state.json").write_text(json.dumps({"global_step": step}))
+        (folder / "trainer_state.json").write_text(json.dumps({"global_step": step, "max_steps": max_steps}))
     return folder
 
 
@@ -141,6 +141,16 @@ def test_no_complete_checkpoint_or_finished_run_starts_fresh(tmp_path):
     # Prevents: a crash on a run whose only checkpoint is half-written, or a finished run "resuming" at its end.
     write_checkpoint(tmp_path, 2, complete=False)
     assert unfinished_checkpoint(tmp_path, max_steps=6) is None
-    write_checkpoint(tmp_path, 6, complete=True)
+    write_checkpoint(tmp_path, 6, complete=True, max_steps=6)
     assert unfinished_checkpoint(tmp_path, max_steps=6) is None
     assert unfinished_checkpoint(tmp_path / "missing", max_steps=6) is None
+
+
+def test_a_finished_run_of_another_recipe_is_not_resumed(tmp_path, capsys):
+    # Prevents: a retrain with more steps (force=True, an edited recipe) continuing the finished run's last
+    # checkpoint, as if that run had been interrupted: the result would mix two recipes.
+    write_checkpoint(tmp_path, 6, complete=True, max_steps=6)
+    assert unfinished_checkpoint(tmp_path, max_steps=12) is None
+    assert "checkpoint-6 is from another recipe (max_steps=6): training from scratch" in capsys.readouterr().out
+    write_checkpoint(tmp_path, 8, complete=True, max_steps=12)  # the new run's own, interrupted: resumed
+    assert unfinished_checkpoint(tmp_path, max_steps=12) == str(tmp_path / "checkpoint-8")
