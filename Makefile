@@ -12,7 +12,7 @@
 PYTHON ?= python3
 export PYTHON
 
-.PHONY: setup course test lint check-browser check-llamafactory llamafactory-gpu check-gguf
+.PHONY: setup course test lint generate check-browser check-llamafactory llamafactory-gpu check-gguf
 
 # The GGUF converter (lesson 06): llama.cpp's convert_hf_to_gguf.py from the sdist pinned in requirements-gguf.txt,
 # downloaded once into the course cache (about a minute), so that tests and notebooks run offline.
@@ -38,6 +38,11 @@ check-browser: setup
 
 lint:
 	$(PYTHON) -m ruff check .
+
+# 改了第 03 课的 "# @save" 单元格之后运行：重新生成 helpers/lesson03_cells.py（make test 会检查两者一致）
+# After editing a "# @save" cell of lesson 03: regenerate helpers/lesson03_cells.py (make test checks they agree).
+generate:
+	$(PYTHON) -m helpers.notebook_code
 
 # Opt-in, not part of `test`: installs LLaMA-Factory beside the course (its pins exclude the course's) and trains;
 # on 2 CPU cores 6-8 minutes the first time (building the venv), 2 minutes after. Then the GPU route's venv
