@@ -36,6 +36,11 @@ COURSE_DATASETS: dict[str, tuple[str, str, str | None]] = {
 }
 
 
+def shipped_row_count(lesson: str) -> int:
+    """Rows of a lesson's shipped training file; 0 for a lesson without one (DPO's pairs are their own files)."""
+    return len(read_records(DATA_DIR / COURSE_DATASETS[lesson][0])) if lesson in COURSE_DATASETS else 0
+
+
 # lesson 09 (DPO): preference pairs written for the course
 PREFERENCE_FILES = {"train": DATA_DIR / "nekoqa" / "dpo_train.json", "eval": DATA_DIR / "nekoqa" / "dpo_eval.json"}
 

@@ -27,7 +27,6 @@ from helpers.train import adapters_in_training_dtype, completion_logprobs, load_
 warnings.filterwarnings("ignore", message="`gradient_checkpointing_(enable|disable)` is deprecated",
                         category=FutureWarning)
 
-BETA = 0.1  # how far the policy may move from the reference: small beta, bigger moves
 REWARD_KEYS = ("rewards/chosen", "rewards/rejected", "rewards/margins")
 
 
@@ -51,11 +50,14 @@ def load_policy(lesson: str, profile: Profile) -> PeftModel:
         return PeftModel.from_pretrained(base, adapter, is_trainable=True)
 
 
-def dpo_config(recipe: Recipe, output_dir: Path, dtype: torch.dtype, seed: int) -> DPOConfig:
-    """The SFT lessons' trainer settings (batch, schedule, checkpoints, dtype, optimizer, seed), plus DPO's own."""
+def dpo_config(recipe: Recipe, output_dir: Path, dtype: torch.dtype, seed: int, beta: float) -> DPOConfig:
+    """The SFT lessons' trainer settings (batch, schedule, checkpoints, dtype, optimizer, seed), plus DPO's ``beta``.
+
+    ``beta``: how far the policy may move from the reference (small beta, bigger moves; 0.1 is common).
+    """
     sft = sft_config(recipe, output_dir, dtype, seed)
     shared = {field.name: getattr(sft, field.name) for field in fields(TrainingArguments) if field.init}
-    return DPOConfig(**shared, beta=BETA, max_length=recipe.cutoff)
+    return DPOConfig(**shared, beta=beta, max_length=recipe.cutoff)
 
 
 def make_dpo_trainer(model: PeftModel, tokenizer, pairs: list[dict], args: DPOConfig,

@@ -23,12 +23,11 @@ from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
 
-from helpers.data import COURSE_DATASETS, DataError, drop_held_out, load_conversations
+from helpers.data import COURSE_DATASETS, DataError, drop_held_out, load_conversations, shipped_row_count
 from helpers.download import DownloadError, Source, check_free_space, fetch_first, tried_lines
-from helpers.messages import warn
 from helpers.net import SUGGESTED_MIRROR, hf_endpoint
 from helpers.paths import DATA_DIR, cache_root, display_path, is_complete, mark_complete
-from helpers.profiles import Profile, get_profile
+from helpers.profiles import SHIPPED_DATA_ENV, SHIPPED_EPOCHS, Profile, get_profile
 from helpers.templates import Message
 
 GITHUB_RAW_ENV = "GITHUB_RAW_ENDPOINT"
@@ -150,27 +149,33 @@ def download_full_dataset(lesson: str, sources: tuple[Source, ...] | None = None
 
 
 def train_file(lesson: str, profile: Profile) -> Path:
-    """The file a lesson trains on: shipped in the tiny profile; in the gpu profile the full set when it can be had."""
+    """The file a lesson trains on: the shipped one in the tiny profile (and with ``COURSE_SHIPPED_DATA=1``), else the
+    full set; when that cannot be had, a ``DownloadError`` that also says how to rehearse on the shipped rows."""
     shipped = DATA_DIR / COURSE_DATASETS[lesson][0]
-    if profile.is_tiny:
+    if profile.is_tiny or profile.shipped_data:
         return shipped
     try:
         return download_full_dataset(lesson)
     except DownloadError as error:
-        warn(
-            f"拿不到完整数据集，本次改用课程自带的小数据集 {display_path(shipped)}（流程相同，效果会弱一些）。\n"
-            f"The full data set is unavailable: training on the shipped file {display_path(shipped)} instead "
-            f"(same steps, weaker results).\n{error}"
-        )
-        return shipped
+        rows = shipped_row_count(lesson)
+        raise DownloadError(
+            f"{error}\n"
+            f"  3. 或者先用课程自带的 {rows} 行把流程走一遍（步数按最多 {SHIPPED_EPOCHS} 遍自动减少，"
+            "效果比完整数据弱）：在笔记本第一个单元格最前面加 "
+            f"`import os; os.environ[\"{SHIPPED_DATA_ENV}\"] = \"1\"`，或 `export {SHIPPED_DATA_ENV}=1` 后"
+            "重启 JupyterLab；这样训练出的适配器放在 `*-gpu-shipped` 下，不会被当成完整数据的结果。\n"
+            f"     Or rehearse on the {rows} shipped rows (steps cut to at most {SHIPPED_EPOCHS} passes, "
+            f"weaker results): set {SHIPPED_DATA_ENV}=1 (first cell, or export it and restart JupyterLab); "
+            "the adapter goes under `*-gpu-shipped`, apart from full-data runs."
+        ) from None
 
 
 def course_conversations(lesson: str, split: str, limit: int | None = None,
                          profile: Profile | None = None) -> list[list[Message]]:
     """A course data set as conversations; ``split`` is ``train`` or ``eval`` (the shipped held-out file).
 
-    ``train`` is the shipped file in the tiny profile and the full public set in the gpu profile
-    (downloaded as above; the shipped file when it cannot be had), without held-out questions.
+    ``train`` is the shipped file in the tiny profile and the full public set in the gpu profile (downloaded as
+    above; the shipped file with ``COURSE_SHIPPED_DATA=1``), without held-out questions.
     """
     _, eval_file, system = COURSE_DATASETS[lesson]
     conversations = load_conversations(DATA_DIR / eval_file, system)

@@ -14,6 +14,7 @@ import os
 import re
 from dataclasses import dataclass, replace
 
+from helpers.data import shipped_row_count
 from helpers.models import MODEL_ENV, SEVEN_PROJECTIONS, chosen_model, lora_targets
 
 PROFILE_ENV = "COURSE_PROFILE"
@@ -77,6 +78,7 @@ class Profile:
     lora_targets: tuple[str, ...] | str = SEVEN_PROJECTIONS  # "all-linear" for a model outside the table
     faster_rows: dict[str, int] | None = None  # lesson -> rows per optimizer step of its faster recipe
     default_model_id: str = ""  # the profile's own model; set when COURSE_MODEL replaced it
+    shipped_data: bool = False  # gpu profile on the shipped rows (COURSE_SHIPPED_DATA=1), not the full data sets
 
     @property
     def is_tiny(self) -> bool:
@@ -84,11 +86,13 @@ class Profile:
 
     @property
     def run_name(self) -> str:
-        """Names this profile's outputs: ``gpu``, or ``gpu-qwen2.5-7b-instruct`` when COURSE_MODEL chose the model."""
+        """Names this profile's outputs: ``gpu``, ``gpu-qwen2.5-7b-instruct`` when COURSE_MODEL chose the model,
+        ``gpu-shipped`` on the shipped rows (a later run on the full data never reuses that adapter)."""
+        name = f"{self.name}-shipped" if self.shipped_data else self.name
         if not self.default_model_id or self.model_id == self.default_model_id:
-            return self.name
+            return name
         slug = re.sub(r"[^a-z0-9.]+", "-", self.model_id.rstrip("/").rsplit("/", 1)[-1].lower()).strip("-")
-        return f"{self.name}-{slug}"
+        return f"{name}-{slug}"
 
     def recipe(self, lesson: str) -> Recipe:
         """The training recipe of a lesson: ``nekoqa``, ``tang``, ``huanhuan`` or ``nekoqa_dpo`` (lesson 09)."""
@@ -127,6 +131,27 @@ GPU_RECIPES = {
 # default 1.5B model reached 9-12k real tokens/s (benchmarks/results/gpu-nvidia-h200.json). Tiny: 2x, to compare.
 GPU_FASTER_ROWS = {"nekoqa": 64, "tang": 64, "huanhuan": 128}
 TINY_FASTER_ROWS = dict.fromkeys(("nekoqa", "tang", "huanhuan"), 8)
+
+# COURSE_SHIPPED_DATA=1: the gpu profile trains on the course's shipped rows (a rehearsal when the full data sets
+# cannot be downloaded) for at most this many passes over them: the full-data step counts would be 6-70 passes.
+SHIPPED_DATA_ENV = "COURSE_SHIPPED_DATA"
+SHIPPED_EPOCHS = 3  # LLaMA-Factory's default num_train_epochs
+
+
+def within_epochs(recipe: Recipe, rows: int, epochs: int = SHIPPED_EPOCHS) -> Recipe:
+    """``recipe`` with at most ``epochs`` passes over ``rows`` rows: fewer steps, warm-up and checkpoints scaled."""
+    steps = min(recipe.max_steps, math.ceil(epochs * rows / recipe.rows_per_step))
+    factor = steps / recipe.max_steps
+    return replace(recipe, max_steps=steps, warmup_steps=round(recipe.warmup_steps * factor),
+                   save_steps=max(1, round(recipe.save_steps * factor)))
+
+
+def on_shipped_data(profile: Profile) -> Profile:
+    """The gpu profile trained on the shipped rows: each SFT recipe cut to ``SHIPPED_EPOCHS`` passes over them."""
+    recipes = {lesson: within_epochs(recipe, shipped_row_count(lesson)) if shipped_row_count(lesson) else recipe
+               for lesson, recipe in profile.recipes.items()}
+    return replace(profile, recipes=recipes, shipped_data=True)
+
 
 # Your own data set (``scripts/train.py --data``) trains with lesson 03's recipe, the general chat one: LoRA on every
 # projection, and on the gpu profile r=32, 150 steps of 8 rows, cutoff 2048 (change them with --max-steps, --cutoff).
@@ -178,8 +203,11 @@ def get_profile(name: str | None = None, model: str | None = None) -> Profile:
             f"未知的课程配置 {name!r}：请把环境变量 {PROFILE_ENV} 设为 {known} 之一（或删除它）。\n"
             f"Unknown course profile {name!r}: set {PROFILE_ENV} to one of {known} (or unset it)."
         )
+    profile = PROFILES[key]
+    if not profile.is_tiny and os.environ.get(SHIPPED_DATA_ENV) == "1":
+        profile = on_shipped_data(profile)
     model = model or chosen_model()
-    return with_model(PROFILES[key], model) if model else PROFILES[key]
+    return with_model(profile, model) if model else profile
 
 
 def use_model(model: str | None = None) -> Profile:
@@ -187,5 +215,6 @@ def use_model(model: str | None = None) -> Profile:
     if model:
         os.environ[MODEL_ENV] = model  # every helper in this kernel reads it
     profile = get_profile()
-    print(f"课程配置 profile = {profile.name} | 模型 model = {profile.model_id}")
+    data = "（课程自带的数据 / shipped rows, COURSE_SHIPPED_DATA=1）" if profile.shipped_data else ""
+    print(f"课程配置 profile = {profile.name}{data} | 模型 model = {profile.model_id}")
     return profile

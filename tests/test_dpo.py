@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from helpers.data import DataError
-from helpers.dpo import BETA, dpo_config, load_preferences
+from helpers.dpo import dpo_config, load_preferences
 from helpers.profiles import get_profile
 from helpers.train import sft_config
 
@@ -38,11 +38,13 @@ def test_a_pair_without_rejected_is_refused_with_row_and_field(tmp_path):
         load_preferences("train", path)
 
 
-# Prevents: DPO drifting from the SFT lessons' checkpoints, optimizer and dtype (resume and memory rely on them).
-def test_dpo_config_keeps_the_sft_settings(tmp_path):
+# Prevents: DPO drifting from the SFT lessons' checkpoints, optimizer and dtype (resume and memory rely on them), and
+# a beta edited in lesson 09 (its exercise) that never reaches the trainer.
+@pytest.mark.parametrize("beta", [0.1, 0.5])
+def test_dpo_config_keeps_the_sft_settings_and_takes_the_notebooks_beta(tmp_path, beta):
     recipe = get_profile("tiny").recipe("nekoqa_dpo")
-    dpo, sft = (make(recipe, tmp_path, torch.float32, 7) for make in (dpo_config, sft_config))
-    assert dpo.beta == BETA and dpo.max_length == recipe.cutoff
+    dpo, sft = dpo_config(recipe, tmp_path, torch.float32, 7, beta), sft_config(recipe, tmp_path, torch.float32, 7)
+    assert dpo.beta == beta and dpo.max_length == recipe.cutoff
     for key in ("save_steps", "save_total_limit", "optim", "learning_rate", "max_steps", "seed",
                 "activation_checkpointing", "per_device_train_batch_size"):
         assert getattr(dpo, key) == getattr(sft, key), key

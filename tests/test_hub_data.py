@@ -7,7 +7,6 @@ import pytest
 from helpers import download, hub_data
 from helpers.download import DownloadError, Source
 from helpers.hub_data import FULL_DATASETS, course_conversations, download_full_dataset, full_dataset_path
-from helpers.messages import CourseWarning
 from helpers.paths import COMPLETE_MARKER
 from helpers.profiles import get_profile
 
@@ -60,18 +59,37 @@ def test_held_out_questions_are_dropped_from_a_full_set(monkeypatch, reachable, 
     assert len(train) == len(ROWS) and "dropped 1" in capsys.readouterr().out
 
 
-def test_every_source_failing_falls_back_to_the_shipped_file_with_a_warning(monkeypatch, reachable):
-    # Prevents: a gpu-profile lesson crashing (or silently shrinking) when the hub is out of reach.
+def test_every_source_failing_stops_with_what_to_do_including_the_shipped_rows(monkeypatch, reachable):
+    # Prevents: a gpu-profile lesson silently training its full-data step count (7-70 passes) on the 160 shipped rows
+    # when the hub is out of reach.
     calls = []
     with_sources(monkeypatch, "tang", fake_source("GitHub", calls, fail=OSError("boom")),
                  fake_source("jsDelivr", calls, fail=TimeoutError("slow")))
-    with pytest.warns(CourseWarning, match="The full data set is unavailable") as caught:
-        assert course_conversations("tang", "train", profile=GPU) == course_conversations("tang", "train", profile=TINY)
-    out = str(caught[0].message)
+    with pytest.raises(DownloadError) as failure:
+        course_conversations("tang", "train", profile=GPU)
+    out = str(failure.value)
     assert calls == ["GitHub", "jsDelivr"]
-    assert "GitHub: OSError: boom" in out and "jsDelivr: TimeoutError: slow" in out
-    assert "data/tang/Tang_training_data.json" in out and "GITHUB_RAW_ENDPOINT" in out
+    assert "GitHub: OSError: boom" in out and "jsDelivr: TimeoutError: slow" in out and "GITHUB_RAW_ENDPOINT" in out
     assert "datasets/tang/Tang_training_data.json" in out  # where to put the file by hand
+    assert "COURSE_SHIPPED_DATA=1" in out and "165 shipped rows" in out  # or rehearse on the shipped rows
+
+
+def test_asking_for_the_shipped_rows_trains_on_them_for_at_most_three_passes(monkeypatch):
+    # Prevents: the rehearsal touching the network, running 700 steps on 160 rows, or sharing the full run's adapter.
+    monkeypatch.setattr(download, "probe", lambda url: pytest.fail("the shipped rows need no network"))
+    monkeypatch.setenv("COURSE_SHIPPED_DATA", "1")
+    shipped = get_profile("gpu")
+    assert shipped.shipped_data and shipped.run_name == "gpu-shipped" and GPU.run_name == "gpu"
+    assert course_conversations("huanhuan", "train", profile=shipped) == course_conversations(
+        "huanhuan", "train", profile=TINY)
+    for lesson, rows in (("nekoqa", 160), ("tang", 165), ("huanhuan", 160)):
+        recipe, full = shipped.recipe(lesson), GPU.recipe(lesson)
+        assert recipe.max_steps * recipe.rows_per_step <= 3 * rows + recipe.rows_per_step  # at most 3 passes
+        assert recipe.max_steps < full.max_steps and recipe.learning_rate == full.learning_rate
+        assert 1 <= recipe.save_steps <= recipe.max_steps and recipe.warmup_steps < recipe.max_steps
+    assert shipped.recipe("huanhuan").max_steps == 30  # ceil(3 x 160 / 16), not 700
+    assert shipped.recipe("nekoqa_dpo") == GPU.recipe("nekoqa_dpo")  # DPO's pairs are shipped in both
+    assert get_profile("tiny").recipe("nekoqa") == TINY.recipe("nekoqa")  # the tiny profile ignores it
 
 
 def test_a_file_failing_the_data_check_is_never_marked_complete(reachable):
@@ -105,12 +123,10 @@ def test_real_sources_at_a_refused_port_fail_fast(monkeypatch):
     for lesson, names in {"nekoqa": ["Hugging Face"], "tang": ["GitHub", "jsDelivr"],
                           "huanhuan": ["GitHub", "jsDelivr"]}.items():
         start = time.perf_counter()
-        with pytest.warns(CourseWarning) as caught:
-            conversations = course_conversations(lesson, "train", profile=GPU)
+        with pytest.raises(DownloadError) as failure:
+            course_conversations(lesson, "train", profile=GPU)
         assert time.perf_counter() - start < FAIL_FAST_S * len(names)
-        out = str(caught[0].message)
-        assert conversations == course_conversations(lesson, "train", profile=TINY)
-        assert all(f"{name}: 127.0.0.1:9 不可达 unreachable" in out for name in names)
+        assert all(f"{name}: 127.0.0.1:9 不可达 unreachable" in str(failure.value) for name in names)
 
 
 def test_real_github_client_fails_fast_when_the_probe_passes(monkeypatch):
