@@ -55,7 +55,7 @@ def ensure_venv(rebuild: bool = False) -> float:
         return 0.0
     started = time.perf_counter()
     fetch_converter()  # the sdist comes with the converter
-    print(f"[venv] 编译 / compiling {converter_pin()} into {display_path(VENV)}（2 核约 5 分钟 / ~5 min on 2 cores）",
+    print(f"[venv] 编译 / compiling {converter_pin()} into {display_path(VENV)}（2 核约 8 分钟 / ~8 min on 2 cores）",
           flush=True)
     venv.create(VENV, with_pip=True, clear=True)
     # No multimodal library (mtmd/llava): the check answers text only, and it is a third of the compile.
