@@ -14,7 +14,6 @@ import os
 import re
 from dataclasses import dataclass, replace
 
-from helpers.data import shipped_row_count
 from helpers.models import MODEL_ENV, SEVEN_PROJECTIONS, chosen_model, lora_targets
 
 PROFILE_ENV = "COURSE_PROFILE"
@@ -148,6 +147,8 @@ def within_epochs(recipe: Recipe, rows: int, epochs: int = SHIPPED_EPOCHS) -> Re
 
 def on_shipped_data(profile: Profile) -> Profile:
     """The gpu profile trained on the shipped rows: each SFT recipe cut to ``SHIPPED_EPOCHS`` passes over them."""
+    from helpers.data import shipped_row_count  # `import helpers` stays light: `python -m helpers.data` runs clean
+
     recipes = {lesson: within_epochs(recipe, shipped_row_count(lesson)) if shipped_row_count(lesson) else recipe
                for lesson, recipe in profile.recipes.items()}
     return replace(profile, recipes=recipes, shipped_data=True)

@@ -164,9 +164,17 @@ def dotted_name(node: ast.expr) -> str | None:
     return ".".join([node.id, *reversed(parts)])
 
 
-def callees(call: ast.Call, imports: dict[str, str]) -> tuple[str, ...]:
-    """The library callables this call may reach: through the imports, or a known method name."""
+def course_modules(tree: ast.AST) -> set[str]:
+    """Local names of the course's own modules (``from helpers import lesson03_cells as cells``)."""
+    return {alias.asname or alias.name for node in ast.walk(tree)
+            if isinstance(node, ast.ImportFrom) and node.module == "helpers" for alias in node.names}
+
+
+def callees(call: ast.Call, imports: dict[str, str], own: set[str] = frozenset()) -> tuple[str, ...]:
+    """The library callables this call may reach: through the imports, or a known method name (not on ``own``)."""
     name = dotted_name(call.func)
+    if name is not None and name.split(".")[0] in own:  # cells.train(...) is lesson 03's cell, not Trainer.train
+        return ()
     if name is not None and name.split(".")[0] in imports:
         head, _, rest = name.partition(".")
         return (f"{imports[head]}.{rest}" if rest else imports[head],)
@@ -179,7 +187,7 @@ def check_code(code: str, label: str, imports: dict[str, str] | None = None) -> 
     """Problems in ``code``: library names that no longer exist, and keywords their callees do not take."""
     tree = ast.parse(code)
     imports = library_imports(tree) if imports is None else imports
-    problems = []
+    own, problems = course_modules(tree), []
     for node in ast.walk(tree):
         if isinstance(node, ast.ImportFrom) and node.module and node.module.split(".")[0] in LIBRARIES:
             for alias in node.names:
@@ -189,7 +197,7 @@ def check_code(code: str, label: str, imports: dict[str, str] | None = None) -> 
                     problems.append(f"{label}:{node.lineno}: {node.module}.{alias.name} 不存在 / no longer exists")
         if not isinstance(node, ast.Call):
             continue
-        candidates = callees(node, imports)
+        candidates = callees(node, imports, own)
         keywords = [k.arg for k in node.keywords if k.arg is not None]  # **unpacked dicts cannot be checked
         if not candidates or not keywords:
             continue
