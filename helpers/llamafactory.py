@@ -28,15 +28,14 @@ import yaml
 
 from helpers.download import local_folder_name
 from helpers.hub_data import course_conversations
-from helpers.models import ALL_LINEAR, has_chat_template
+from helpers.models import ALL_LINEAR, find_model, has_chat_template
 from helpers.paths import REPO_ROOT, display_path, is_complete, models_dir
 from helpers.profiles import TINY_MODEL_ID, Profile, get_profile
 from helpers.templates import Message, default_system_prompt
 from helpers.tiny_model import ensure_tiny_model
 
-# (substring of the model's name, LLaMA-Factory template); Qwen3 and others: pass the template yourself.
-TEMPLATES = (("qwen2", "qwen"), ("llama-3", "llama3"), ("llama3", "llama3"), ("llama-2", "llama2"),
-             ("smollm2", "smollm2"))
+# Models outside the course's table: (substring of the model's name, LLaMA-Factory template); others: --template.
+TEMPLATES = (("qwen2", "qwen"), ("llama-3", "llama3"), ("llama3", "llama3"), ("llama-2", "llama2"))
 SHAREGPT_TAGS = {"role_tag": "role", "content_tag": "content", "user_tag": "user",
                  "assistant_tag": "assistant", "system_tag": "system"}
 ALPACA_COLUMNS = {"prompt": "instruction", "query": "input", "response": "output",
@@ -106,7 +105,10 @@ def export_dataset(lesson: str, out_dir: str | Path, formatting: str = "alpaca",
 
 
 def template_for(model: str) -> str:
-    """LLaMA-Factory's template for a model id or folder: Qwen2/2.5 qwen, Llama 3 llama3, Llama 2 llama2, SmolLM2."""
+    """LLaMA-Factory's template for a model id or folder: the course table's, else by name (Qwen2.x, Llama 2/3)."""
+    known = find_model(model)
+    if known:
+        return known.llamafactory_template
     name = Path(model).name.lower()
     for part, template in TEMPLATES:
         if part in name:

@@ -1,7 +1,7 @@
 """The models the course knows, and how ``COURSE_MODEL`` chooses one.
 
 ``COURSE_MODEL`` (or ``--model`` on the scripts, or ``MODEL`` near the top of a notebook) takes a model id from
-either hub or a local folder. A model in ``MODELS`` brings its ModelScope and Hugging Face ids, chat template family,
+either hub or a local folder. A model in ``MODELS`` brings its ModelScope and Hugging Face ids, LLaMA-Factory template,
 LoRA targets and shape (the numbers of its config.json that decide memory: ``helpers.cost.plan_batch`` splits a
 recipe's rows into micro-batches that fit the card from them). Any other model works when its tokenizer has a chat
 template: LoRA then goes on all its linear layers (peft's ``"all-linear"``).
@@ -73,11 +73,11 @@ class ModelShape:
 
 @dataclass(frozen=True)
 class KnownModel:
-    """A model of the course's table: where to download it, how it chats, and where LoRA goes."""
+    """A model of the course's table: where to download it, its shape, LLaMA-Factory's template, where LoRA goes."""
 
     hf_id: str
     modelscope_id: str
-    template: str  # "chatml", "llama3" or "llama2" (helpers.templates renders each by hand)
+    llamafactory_template: str  # LLaMA-Factory's template name for it (lesson 10's YAMLs)
     shape: ModelShape
     gated: bool = False  # Hugging Face asks for the licence to be accepted before downloading
     lora_targets: tuple[str, ...] = SEVEN_PROJECTIONS
@@ -92,15 +92,15 @@ class KnownModel:
 MODELS: dict[str, KnownModel] = {
     model.hf_id: model
     for model in (
-        KnownModel("HuggingFaceTB/SmolLM2-135M-Instruct", "HuggingFaceTB/SmolLM2-135M-Instruct", "chatml",
+        KnownModel("HuggingFaceTB/SmolLM2-135M-Instruct", "HuggingFaceTB/SmolLM2-135M-Instruct", "smollm2",
                    ModelShape(576, 1536, 30, 9, 3, 64, 49152, True)),
-        KnownModel("Qwen/Qwen2.5-0.5B-Instruct", "Qwen/Qwen2.5-0.5B-Instruct", "chatml",
+        KnownModel("Qwen/Qwen2.5-0.5B-Instruct", "Qwen/Qwen2.5-0.5B-Instruct", "qwen",
                    ModelShape(896, 4864, 24, 14, 2, 64, 151936, True, True)),
-        KnownModel("Qwen/Qwen2.5-1.5B-Instruct", "Qwen/Qwen2.5-1.5B-Instruct", "chatml",
+        KnownModel("Qwen/Qwen2.5-1.5B-Instruct", "Qwen/Qwen2.5-1.5B-Instruct", "qwen",
                    ModelShape(1536, 8960, 28, 12, 2, 128, 151936, True, True)),
         KnownModel("meta-llama/Llama-3.2-3B-Instruct", "LLM-Research/Llama-3.2-3B-Instruct", "llama3",
                    ModelShape(3072, 8192, 28, 24, 8, 128, 128256, True), gated=True),
-        KnownModel("Qwen/Qwen2.5-7B-Instruct", "Qwen/Qwen2.5-7B-Instruct", "chatml",
+        KnownModel("Qwen/Qwen2.5-7B-Instruct", "Qwen/Qwen2.5-7B-Instruct", "qwen",
                    ModelShape(3584, 18944, 28, 28, 4, 128, 152064, False, True)),
         KnownModel("meta-llama/Llama-3.1-8B-Instruct", "LLM-Research/Meta-Llama-3.1-8B-Instruct", "llama3",
                    ModelShape(4096, 14336, 32, 32, 8, 128, 128256, False), gated=True),
