@@ -13,9 +13,9 @@ from pathlib import Path
 import pytest
 
 from helpers import serve
+from helpers.generation import GREEDY
 from helpers.ports import free_port, port_in_use
 from helpers.serve import ServeError, greedy_request, start_server
-from helpers.train import GREEDY
 
 MESSAGES = [{"role": "user", "content": "What is the capital of France?"}]
 MAX_TOKENS = 12
@@ -46,7 +46,7 @@ def client(server):
 def test_api_reply_equals_greedy_generate_and_streams_the_same_text(server, client, tiny_folder, tiny_tokenizer):
     from transformers import AutoModelForCausalLM
 
-    from helpers.train import generate_replies
+    from helpers.generation import generate_replies
 
     reply = client.chat.completions.create(model=server.model, messages=MESSAGES, **greedy_request(MAX_TOKENS))
     text = reply.choices[0].message.content
