@@ -15,8 +15,8 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from helpers import lesson03_cells as cells
 from helpers.cost import NOTEBOOKS, lesson_cost, minutes
-from helpers.data import encode_conversations
 from helpers.download import download_model
+from helpers.encoding import encode_conversations
 from helpers.evaluate import persona_rate, score, share, stopped_by_itself, verse_form_rate, write_predictions
 from helpers.generation import generate_ids
 from helpers.hardware import compute_dtype, device

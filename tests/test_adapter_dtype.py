@@ -13,8 +13,8 @@ import pytest
 import torch
 
 from helpers import lesson03_cells as cells
-from helpers.data import encode_conversations
 from helpers.download import download_model
+from helpers.encoding import encode_conversations
 from helpers.hub_data import course_conversations
 from helpers.profiles import get_profile
 from helpers.train import heldout_loss, load_model_4bit, lora_config, make_trainer, quantization_config, sft_config

@@ -36,7 +36,7 @@ from helpers.cost import (
     shipped_lengths,
     step_cost,
 )
-from helpers.data import encode_conversations
+from helpers.encoding import encode_conversations
 from helpers.hardware import compute_dtype
 from helpers.hub_data import course_conversations
 from helpers.memory import GIB, estimate

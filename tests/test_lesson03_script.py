@@ -15,7 +15,8 @@ import sys
 
 import nbformat
 
-from helpers.data import encode_conversations, load_conversations, read_records
+from helpers.data import load_conversations, read_records
+from helpers.encoding import encode_conversations
 from helpers.notebook_code import NOTEBOOK, SAVE_MARK
 from helpers.paths import DATA_DIR
 from helpers.tiny_model import ensure_tiny_model

@@ -12,8 +12,8 @@ import pytest
 from transformers import AutoTokenizer
 
 from helpers.cost import lesson_settings
-from helpers.data import encode_conversations
 from helpers.download import DownloadError, Source, download_model, local_folder_name
+from helpers.encoding import encode_conversations
 from helpers.hardware import compute_dtype
 from helpers.hub_data import course_conversations
 from helpers.memory import GIB, estimate

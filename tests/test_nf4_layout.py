@@ -14,7 +14,7 @@ import torch
 from peft import get_peft_model
 from trl.trainer.sft_trainer import DataCollatorForLanguageModeling
 
-from helpers.data import encode_conversations
+from helpers.encoding import encode_conversations
 from helpers.hub_data import course_conversations
 from helpers.profiles import get_profile
 from helpers.tiny_model import ensure_tiny_model

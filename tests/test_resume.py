@@ -25,7 +25,7 @@ MAX_STEPS = 3
 TRAIN_SCRIPT = f"""
 import json, sys
 from transformers import AutoTokenizer
-from helpers.data import encode_conversations
+from helpers.encoding import encode_conversations
 from helpers.hub_data import course_conversations
 from helpers.hardware import compute_dtype
 from helpers.profiles import Recipe, get_profile

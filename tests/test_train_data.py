@@ -12,9 +12,10 @@ import re
 import pytest
 from script_module import load_script
 
-from helpers.data import DataError, own_conversations, read_records, split_held_out
+from helpers.data import DataError, read_records
 from helpers.data import main as data_main
 from helpers.paths import DATA_DIR
+from helpers.splits import own_conversations, split_held_out
 
 SYSTEM = "你是一只猫娘"
 
