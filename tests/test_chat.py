@@ -77,6 +77,7 @@ def test_gradio_respond_streams_growing_answer_with_system(monkeypatch):
 
 
 # Prevents: a gradio version change that breaks building the app, found only when a student launches it.
+@pytest.mark.slow
 def test_gradio_app_builds_without_launching():
     import gradio as gr
 
@@ -107,6 +108,7 @@ def test_chat_page_on_a_taken_port_stops_before_launching_with_what_to_do():
 
 # Prevents: gradio failing to start ("Connection refused" from its own start-up check) after AutoDL's
 # `source /etc/network_turbo` set http_proxy without no_proxy.
+@pytest.mark.slow
 def test_chat_page_starts_while_a_dead_proxy_is_set(monkeypatch, capsys):
     from helpers.chat import launch_chat_page
     from helpers.ports import free_port

@@ -144,6 +144,7 @@ def test_missing_merged_folder_says_to_merge_first(tmp_path):
 
 
 # Prevents: a model llama.cpp cannot convert failing with the converter's log alone, without saying what to do.
+@pytest.mark.slow
 def test_unsupported_architecture_is_named(tmp_path):
     from safetensors.torch import save_file
 

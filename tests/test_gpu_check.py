@@ -54,6 +54,7 @@ def test_smoke_run_covers_every_setting_merges_and_imports_only_what_the_gpu_mac
 
 
 # Prevents: a setting that fails (out of memory) ending the whole GPU check, or the results so far being lost.
+@pytest.mark.slow
 def test_a_failing_setting_is_recorded_and_the_check_goes_on(tmp_path, monkeypatch):
     calls = []
 

@@ -77,6 +77,7 @@ def test_parameter_and_lora_counts_match_transformers_and_peft(config):
 
 
 # Prevents: "does it fit" answers built on a wrong NF4 size (footprint leaves out the absmax constants, ~1% here).
+@pytest.mark.slow
 def test_nf4_weights_match_the_loaded_models_footprint(tiny_shape):
     model = load_model_4bit(ensure_tiny_model(), get_profile("tiny"))
     assert estimate(tiny_shape, TINY_SETTINGS).weights == pytest.approx(model.get_memory_footprint(), rel=0.03)

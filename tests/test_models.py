@@ -195,6 +195,7 @@ def test_every_table_model_fits_24gb_with_headroom(hf_id, lesson):
 
 # Prevents: a model outside the table failing on "target modules not found" (its layers are named differently),
 # or LoRA landing on lm_head, instead of training on all its linear layers.
+@pytest.mark.slow
 def test_unknown_chat_model_trains_with_all_linear(tmp_path, capsys, one_thread):
     from helpers import models
 

@@ -61,6 +61,7 @@ SCHEMAS = ("alpaca", "sharegpt", "messages")
 TINY_RUN = ["--profile", "tiny", "--max-steps", "2", "--train-rows", "4", "--cutoff", "32"]
 
 
+@pytest.mark.slow
 def test_own_data_trains_saves_the_adapter_and_reports_held_out_loss(tmp_path, capsys, one_thread):
     # Prevents: --data training without saving, or without the held-out loss before and after that shows it learned.
     data = write_schema(tmp_path, "alpaca")
