@@ -32,7 +32,8 @@ import transformers
 from transformers import AutoConfig, AutoTokenizer
 from transformers.trainer_callback import PrinterCallback, ProgressCallback
 
-from helpers.memory import ModelShape, Settings, estimate, peak_bytes, reset_peak, rss_bytes, run_forked
+from helpers.measure import peak_bytes, reset_peak, rss_bytes, run_forked
+from helpers.memory import ModelShape, Settings, estimate
 from helpers.profiles import get_profile
 from helpers.tiny_model import ensure_tiny_model
 from helpers.train import load_model_4bit, lora_config, make_trainer, sft_config

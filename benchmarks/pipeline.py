@@ -51,11 +51,11 @@ from transformers import AutoTokenizer, TrainerCallback
 from transformers.trainer_callback import PrinterCallback, ProgressCallback
 from trl import SFTTrainer
 
-from helpers.data import encode_conversations
 from helpers.download import download_model
+from helpers.encoding import encode_conversations
 from helpers.hardware import compute_dtype
 from helpers.hub_data import course_conversations
-from helpers.memory import peak_bytes, reset_peak, run_forked
+from helpers.measure import peak_bytes, reset_peak, run_forked
 from helpers.profiles import Profile, Recipe, get_profile
 from helpers.train import heldout_loss, load_model_4bit, lora_config, make_trainer, sft_config
 

@@ -12,10 +12,10 @@ from threading import Thread
 
 from transformers import TextIteratorStreamer
 
+from helpers.generation import GREEDY
 from helpers.net import bypass_proxy_for_local
 from helpers.ports import how_to_open, port_in_use, port_taken_message, web_address
 from helpers.templates import Message
-from helpers.train import GREEDY
 
 
 def stream_reply(model, tokenizer, messages: list[Message], max_new_tokens: int, sample: bool = False) -> Iterator[str]:

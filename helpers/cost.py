@@ -24,11 +24,11 @@ from pathlib import Path
 import torch
 
 from helpers.data import load_preferences
-from helpers.hub_data import course_conversations
 from helpers.memory import GIB, MemoryEstimate, Settings, estimate
 from helpers.models import MODELS, ModelShape, find_model
 from helpers.paths import REPO_ROOT
 from helpers.profiles import GPU_MODEL_ID, Recipe, get_profile
+from helpers.splits import shipped_conversations
 
 DPO_LESSON = "nekoqa_dpo"
 NOTEBOOKS = {"nekoqa": "03", "tang": "04", "huanhuan": "05", DPO_LESSON: "09"}
@@ -258,7 +258,7 @@ def row_lengths(lesson: str) -> tuple[tuple[int, int], ...]:
     if lesson == DPO_LESSON:
         rows = [pair["prompt"] + pair["chosen"] + pair["rejected"] for pair in load_preferences("train")]
     else:
-        rows = course_conversations(lesson, "train", profile=get_profile("tiny"))
+        rows = shipped_conversations(lesson, "train")
 
     def tokens(messages: list[dict]) -> int:
         return round(sum(len(message["content"]) * TOKENS_PER_CHAR + TOKENS_PER_TURN for message in messages))

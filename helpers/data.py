@@ -1,4 +1,4 @@
-"""Course data: read JSON / JSON lines, validate rows, turn them into chat messages, encode with a label mask.
+"""Course data files: read JSON / JSON lines and CSV, validate rows, turn them into chat messages.
 
 Also a command: ``python -m helpers.data validate FILE`` (exit 0 when valid, 1 with the message otherwise), and
 ``python -m helpers.data csv2json qa.csv qa.json`` (a question / answer table -> Alpaca JSON).
@@ -16,14 +16,12 @@ import argparse
 import csv
 import io
 import json
-import random
 import sys
 from pathlib import Path
 
-from helpers.lesson03_cells import truncate  # lesson 03's "# @save encode" cell
 from helpers.messages import warn
 from helpers.paths import DATA_DIR
-from helpers.templates import Message, TemplateError, encode_with_label_mask, strip_contents
+from helpers.templates import Message, strip_contents
 
 HUANHUAN_SYSTEM = (DATA_DIR / "huanhuan" / "system_prompt.txt").read_text(encoding="utf-8").strip()
 TANG_SYSTEM = "You are a helpful assistant and good at writing Tang poem. 你是一個樂於助人的助手且擅長寫唐詩。"
@@ -313,79 +311,6 @@ def warn_duplicates(path: str | Path, rows: list) -> None:
             f"{path}: {count} duplicate rows (e.g. row {row} repeats row {first}); "
             "duplicates weigh more in training: remove them."
         )
-
-
-def encode_and_count(tokenizer, conversations: list[list[Message]],
-                     cutoff: int) -> tuple[list[dict[str, list[int]]], int]:
-    """Every conversation encoded with the label mask and cut to ``cutoff``, and how many were longer than it."""
-    encoded, truncated = [], 0
-    for number, messages in enumerate(conversations, start=1):
-        try:
-            sample = encode_with_label_mask(tokenizer, messages)
-        except TemplateError as error:  # name the conversation: the template's message names only the turn
-            zh, _, en = str(error).partition("\n")
-            raise TemplateError(f"第 {number} 条对话：{zh}\nconversation {number}: {en}") from None
-        if len(sample["input_ids"]) > cutoff:
-            truncated += 1
-        ids, labels = truncate(sample["input_ids"], sample["labels"], cutoff)
-        encoded.append({"input_ids": ids, "attention_mask": [1] * len(ids), "labels": labels})
-    if truncated:
-        warn(f"{truncated} 条样本超过 {cutoff} 个 token，已截断；若被截掉的内容重要，请调大 cutoff。\n"
-             f"{truncated} samples truncated to {cutoff} tokens; raise the cutoff if the cut part matters.")
-    return encoded, truncated
-
-
-def encode_conversations(tokenizer, conversations: list[list[Message]], cutoff: int) -> list[dict[str, list[int]]]:
-    """Encode every conversation with the label mask, truncating to ``cutoff`` (with a warning count)."""
-    return encode_and_count(tokenizer, conversations, cutoff)[0]
-
-
-def drop_held_out(train: list[list[Message]], held_out: list[list[Message]]) -> list[list[Message]]:
-    """Training conversations whose last question is not a held-out one: else the held-out loss measures recall."""
-    questions = {conversation[-2]["content"] for conversation in held_out}
-    kept = [conversation for conversation in train if conversation[-2]["content"] not in questions]
-    if len(kept) < len(train):
-        dropped = len(train) - len(kept)
-        print(f"训练集有 {dropped} 条的问题在留出集中，已去掉 / dropped {dropped} training rows held out for eval")
-    return kept
-
-
-DEFAULT_HELD_OUT_SHARE = 0.1  # your own data: the share of rows held out when no held-out file is given
-
-
-def split_held_out(conversations: list[list[Message]], share: float, seed: int,
-                   path: str | Path = "<data>") -> tuple[list[list[Message]], list[list[Message]]]:
-    """(train, held-out): ``share`` of the rows (at least 1) held out, picked with ``seed``: the same on every run."""
-    count = max(1, round(len(conversations) * share))
-    if count >= len(conversations):
-        raise DataError(
-            f"{path}: 只有 {len(conversations)} 行，留出 {count} 行后没有可训练的数据：请多放一些数据，"
-            "或用 --eval 另给一个留出集文件。\n"
-            f"{path}: {len(conversations)} rows leave nothing to train on after holding out {count}: "
-            "add rows, or give a held-out file with --eval."
-        )
-    held = set(random.Random(seed).sample(range(len(conversations)), count))
-    return ([c for i, c in enumerate(conversations) if i not in held],
-            [c for i, c in enumerate(conversations) if i in held])
-
-
-def own_conversations(path: str | Path, held_out_path: str | Path | None = None,
-                      share: float = DEFAULT_HELD_OUT_SHARE, system: str | None = None,
-                      seed: int = 42) -> tuple[list[list[Message]], list[list[Message]]]:
-    """Your data set as (train, held-out) conversations: the rows of ``held_out_path``, else ``share`` of the rows.
-
-    Any schema ``load_conversations`` reads; training rows whose question is held out are dropped.
-    """
-    conversations = load_conversations(path, system)
-    if held_out_path is None:
-        train, held_out = split_held_out(conversations, share, seed, path)
-    else:
-        train, held_out = conversations, load_conversations(held_out_path, system)
-    train = drop_held_out(train, held_out)
-    if not train:
-        raise DataError(f"{path}: 每一行的问题都在留出集里，没有可训练的数据。\n"
-                        f"{path}: every row's question is in the held-out set: nothing is left to train on.")
-    return train, held_out
 
 
 def load_preferences(split: str, path: Path | None = None) -> list[dict[str, list[Message]]]:

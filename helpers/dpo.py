@@ -16,8 +16,9 @@ from peft import PeftModel
 from transformers import TrainerCallback, TrainingArguments
 from trl import DPOConfig, DPOTrainer
 
-from helpers.data import encode_conversations, load_preferences  # noqa: F401 (lesson 09 imports it from here)
+from helpers.data import load_preferences  # noqa: F401 (lesson 09 imports it from here)
 from helpers.download import download_model
+from helpers.encoding import encode_conversations
 from helpers.lessons import require_adapter
 from helpers.paths import one_at_a_time
 from helpers.profiles import Profile, Recipe

@@ -11,10 +11,10 @@ from pathlib import Path
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
+from helpers.generation import generate_ids
 from helpers.hardware import device
 from helpers.merge import compare_logits, logits_on
 from helpers.templates import Message
-from helpers.train import generate_ids
 
 # f16 keeps 11 significant bits per weight: on the tiny model (fp32 merge, fp32 compute) the logits of 4 held-out
 # rows differed by at most ~0.03 (mean ~0.003); these bounds leave room for larger models, and still catch a wrong

@@ -23,11 +23,12 @@ from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
 
-from helpers.data import COURSE_DATASETS, DataError, drop_held_out, load_conversations, shipped_row_count
+from helpers.data import COURSE_DATASETS, DataError, load_conversations, shipped_row_count
 from helpers.download import DownloadError, Source, check_free_space, fetch_first, tried_lines
 from helpers.net import SUGGESTED_MIRROR, hf_endpoint
 from helpers.paths import DATA_DIR, cache_root, display_path, is_complete, mark_complete
 from helpers.profiles import SHIPPED_DATA_ENV, SHIPPED_EPOCHS, Profile, get_profile
+from helpers.splits import drop_held_out
 from helpers.templates import Message
 
 GITHUB_RAW_ENV = "GITHUB_RAW_ENDPOINT"

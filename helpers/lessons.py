@@ -15,9 +15,10 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from helpers import lesson03_cells as cells
 from helpers.cost import NOTEBOOKS, lesson_cost, minutes
-from helpers.data import encode_conversations
 from helpers.download import download_model
+from helpers.encoding import encode_conversations
 from helpers.evaluate import persona_rate, score, share, stopped_by_itself, verse_form_rate, write_predictions
+from helpers.generation import generate_ids
 from helpers.hardware import compute_dtype, device
 from helpers.hub_data import course_conversations
 from helpers.models import find_model
@@ -25,7 +26,7 @@ from helpers.paths import display_path, is_complete, one_at_a_time, outputs_dir
 from helpers.profiles import Profile, Recipe, get_profile
 from helpers.sft_run import PreparedRun, fit, prepare
 from helpers.templates import Message, reply_label
-from helpers.train import LossPlot, generate_ids, heldout_loss, load_model_4bit
+from helpers.train import LossPlot, heldout_loss, load_model_4bit
 
 LESSONS = ("nekoqa", "tang", "huanhuan")
 

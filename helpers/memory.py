@@ -34,20 +34,12 @@ pipeline (``load_model_4bit``, then TRL's SFTTrainer with LoRA on the seven proj
   interpreter and libraries: ``benchmarks/memory.py`` compares the RSS increase of training steps.
 
 ``fit_table()`` answers "does it fit on 24 / 48 / 80 GB" for the course's models and GPU recipes
-(``python -m helpers.memory``); ``reset_peak`` / ``peak_bytes`` / ``run_forked`` measure real peaks.
+(``python -m helpers.memory``); ``helpers.measure`` measures real peaks.
 """
 
 from __future__ import annotations
 
-import multiprocessing
-import re
-import resource
-from collections.abc import Callable
 from dataclasses import astuple, dataclass, replace
-from pathlib import Path
-from typing import TypeVar
-
-import torch
 
 from helpers.models import MODELS, ModelShape
 from helpers.profiles import GPU_RECIPES, Recipe
@@ -65,15 +57,11 @@ LOGIT_TILE = (4096, 32768)  # TRL's chunked log-prob kernel: tokens x vocabulary
 CPU_LOGIT_TILES = 8.26
 CPU_OVERHEAD = 282 * 2**20
 GPU_SIZES_GB = (24, 48, 80)
-PROC_STATUS = Path("/proc/self/status")  # Linux: the process's current (VmRSS) and peak (VmHWM) resident memory
-Result = TypeVar("Result")
 
 
-# The course's models (helpers.models), plus a 72B model to show where one 80 GB card ends.
-KNOWN_MODELS: dict[str, ModelShape] = {
-    **{model_id: model.shape for model_id, model in MODELS.items()},
-    "Qwen/Qwen2.5-72B-Instruct": ModelShape(8192, 29568, 80, 64, 8, 128, 152064, False, True),
-}
+# Not a course model (helpers.models): the fit table's last row, to show where one 80 GB card ends.
+QWEN_72B_ID = "Qwen/Qwen2.5-72B-Instruct"
+QWEN_72B = ModelShape(8192, 29568, 80, 64, 8, 128, 152064, False, True)
 # LoRA on a 4-bit base (the course) against LoRA on a 16-bit base, everything else the same.
 METHODS = {"QLoRA 4-bit": "nf4", "LoRA 16-bit": "16bit"}
 
@@ -213,13 +201,19 @@ def gpu_extra_bytes(shape: ModelShape, settings: Settings) -> int:
     return GPU_WORKSPACE + (shape.vocab_size * shape.hidden_size * 2 if upcast_head else 0)
 
 
+def fit_table_models() -> dict[str, ModelShape]:
+    """The fit table's rows: the course's models for a GPU (helpers.models, without the tiny one), then 72B."""
+    return {**{model_id: model.shape for model_id, model in MODELS.items() if "SmolLM2" not in model_id},
+            QWEN_72B_ID: QWEN_72B}
+
+
 def fit_table(lesson: str = "nekoqa", models: dict[str, ModelShape] | None = None) -> str:
     """Estimated GPU memory of each model with QLoRA and with 16-bit LoRA, and whether it fits on 24 / 48 / 80 GB.
 
     Each model trains ``lesson``'s gpu recipe (default NekoQA, the course's longest rows) at its micro-batch, every
     row at the cutoff (the cost tables of ``helpers.cost`` split the batch per card and use the rows' lengths).
     """
-    models = models or {name: shape for name, shape in KNOWN_MODELS.items() if "SmolLM2" not in name}
+    models = models or fit_table_models()
     sizes = "".join(f"{size:>6} GB" for size in GPU_SIZES_GB)
     lines = [f"{'模型 / model':<30}{'批 / batch':>8}  {'方法 / method':<14}{'GiB':>7}{sizes}"]  # 2 wide chars each
     for name, shape in models.items():
@@ -231,54 +225,6 @@ def fit_table(lesson: str = "nekoqa", models: dict[str, ModelShape] | None = Non
             batch = f"{recipe.batch_size}x{recipe.grad_accum}"
             lines.append(f"{name.rsplit('/', 1)[-1]:<32}{batch:>8}  {method:<16}{total / GIB:>7.1f}{fits}")
     return "\n".join(lines)
-
-
-def reset_peak() -> None:
-    """Start measuring a new peak: the GPU allocator's, or on Linux the process's peak RSS (``VmHWM``)."""
-    if torch.cuda.is_available():
-        torch.cuda.reset_peak_memory_stats()
-    elif Path("/proc/self/clear_refs").exists():
-        Path("/proc/self/clear_refs").write_text("5")  # "5" resets VmHWM to the current RSS (Linux >= 4.0)
-
-
-def peak_bytes() -> int:
-    """The peak since ``reset_peak``: GPU memory allocated by torch, or the process's peak RSS on CPU."""
-    if torch.cuda.is_available():
-        return torch.cuda.max_memory_allocated()
-    if PROC_STATUS.exists():
-        return _proc_status_bytes("VmHWM")
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # macOS: bytes, and no reset
-
-
-def rss_bytes() -> int:
-    """The process's resident memory now (Linux)."""
-    return _proc_status_bytes("VmRSS")
-
-
-def _proc_status_bytes(field: str) -> int:
-    """A memory field of ``/proc/self/status`` (given there in kB), in bytes."""
-    return int(re.search(rf"{field}:\s+(\d+) kB", PROC_STATUS.read_text()).group(1)) * 1024
-
-
-def run_forked(threads: int, run: Callable[..., Result], *args) -> Result:
-    """``run(*args)`` in a forked process with ``threads`` torch threads, so its peak RSS is its own.
-
-    The parent must run torch with one thread (``torch.set_num_threads(1)`` before any work): a child forked from a
-    process whose OpenMP thread pool has started hangs at its first parallel operation.
-    """
-    context = multiprocessing.get_context("fork")
-    results = context.SimpleQueue()
-
-    def target() -> None:
-        torch.set_num_threads(threads)
-        results.put(run(*args))
-
-    process = context.Process(target=target)
-    process.start()
-    process.join()
-    if process.exitcode != 0:
-        raise RuntimeError(f"子进程失败 / forked run failed (exit code {process.exitcode})")
-    return results.get()
 
 
 if __name__ == "__main__":

@@ -21,10 +21,10 @@ import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 
+from helpers.generation import GREEDY
 from helpers.net import bypass_proxy_for_local
 from helpers.paths import display_path, outputs_dir
 from helpers.ports import LOCAL_HOST, port_in_use, port_taken_message
-from helpers.train import GREEDY
 
 DEFAULT_HOST = LOCAL_HOST  # this machine only; 0.0.0.0 also listens on every network interface
 DEFAULT_PORT = 8000  # transformers serve's own default

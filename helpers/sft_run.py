@@ -17,8 +17,8 @@ from transformers import AutoTokenizer, TrainerCallback
 from trl import SFTTrainer
 
 from helpers.cost import plan_batch
-from helpers.data import encode_and_count, encode_conversations
 from helpers.download import download_model
+from helpers.encoding import encode_and_count, encode_conversations
 from helpers.hardware import compute_dtype
 from helpers.profiles import Profile, Recipe
 from helpers.templates import Message

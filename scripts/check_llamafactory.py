@@ -35,7 +35,7 @@ from packaging.requirements import Requirement
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run from anywhere without `pip install -e .`
 
-from helpers.data import encode_conversations
+from helpers.encoding import encode_conversations
 from helpers.evaluate import METRICS, read_predictions, score
 from helpers.hub_data import course_conversations
 from helpers.lessons import LESSONS, encoded_split

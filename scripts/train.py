@@ -31,12 +31,13 @@ from accelerate import PartialState
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run from anywhere without `pip install -e .`
 
 from helpers.cost import MemoryFitError
-from helpers.data import DEFAULT_HELD_OUT_SHARE, DataError, own_conversations
+from helpers.data import DataError
 from helpers.lessons import LESSONS, adapter_dir, checkpoint_dir, prepare_lesson
 from helpers.models import MODEL_HELP
 from helpers.paths import COMPLETE_MARKER, display_path, mark_complete
 from helpers.profiles import OWN_DATA_RECIPE, PROFILES, Profile, get_profile
 from helpers.sft_run import PreparedRun, fit, prepare, report
+from helpers.splits import DEFAULT_HELD_OUT_SHARE, own_conversations
 from helpers.templates import TemplateError
 
 

@@ -13,8 +13,8 @@ import pytest
 import torch
 
 from helpers import lesson03_cells as cells
-from helpers.data import encode_conversations
 from helpers.download import download_model
+from helpers.encoding import encode_conversations
 from helpers.hub_data import course_conversations
 from helpers.profiles import get_profile
 from helpers.train import heldout_loss, load_model_4bit, lora_config, make_trainer, quantization_config, sft_config
@@ -34,11 +34,13 @@ def trainable_dtypes(dtype: torch.dtype, tokenizer, rows, tmp_path) -> set[torch
 
 
 # Prevents: the tiny profile's LoRA matmuls silently running in bf16 on CPU (TRL's QLoRA cast), ~50x slower there.
+@pytest.mark.slow
 def test_lora_weights_are_fp32_when_training_in_fp32(tiny_tokenizer, rows, tmp_path):
     assert trainable_dtypes(torch.float32, tiny_tokenizer, rows, tmp_path) == {torch.float32}
 
 
 # Prevents: losing the QLoRA paper's bf16 adapters on GPUs that train in bf16.
+@pytest.mark.slow
 def test_lora_weights_stay_bf16_when_training_in_bf16(tiny_tokenizer, rows, tmp_path):
     assert trainable_dtypes(torch.bfloat16, tiny_tokenizer, rows, tmp_path) == {torch.bfloat16}
 
@@ -56,6 +58,7 @@ def frozen_dtypes(model) -> set[torch.dtype]:
 # Prevents: a GPU run keeping prepare_model_for_kbit_training's fp32 embedding and lm_head (7B: 2 GiB more, measured
 # on an H200), or a bf16 model that fails outside the trainer's autocast (held-out loss, generation) because some
 # frozen weight stayed fp32; and the CPU's fp32 path changing.
+@pytest.mark.slow
 def test_frozen_weights_follow_the_compute_dtype(tiny_tokenizer, one_thread):
     assert frozen_dtypes(load_cell_model(torch.float32)) == {torch.float32}
     model = load_cell_model(torch.bfloat16)  # bf16 on CPU is slow: two short rows only

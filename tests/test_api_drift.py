@@ -249,9 +249,11 @@ def test_course_code_uses_only_existing_arguments():
 
 def test_the_checker_sees_the_course_calls():
     # Prevents: a drift test that passes because it recognises no call at all.
-    # The training path lives in notebook 03 (its "# @save" cells, which helpers/train.py runs); generation in helpers.
+    # The training path lives in notebook 03 (its "# @save" cells, which helpers/train.py runs); generation in
+    # helpers/generation.py.
     notebook = "\n".join(code for _, code in code_cells(REPO_ROOT / "notebooks" / "03_qlora_nekoqa.ipynb"))
-    code = notebook + "\n" + (REPO_ROOT / "helpers" / "train.py").read_text(encoding="utf-8")
+    helpers = [(REPO_ROOT / "helpers" / name).read_text(encoding="utf-8") for name in ("train.py", "generation.py")]
+    code = "\n".join((notebook, *helpers))
     imports = library_imports(ast.parse(code))
     seen = {c for node in ast.walk(ast.parse(code)) if isinstance(node, ast.Call) for c in callees(node, imports)}
     assert {"trl.SFTConfig", "trl.SFTTrainer", "peft.LoraConfig", "transformers.BitsAndBytesConfig",

@@ -31,7 +31,7 @@ def fake_stream(calls: list):
 
 # Prevents: a streamed chat that shows different text from what the evaluation (plain generate) measured.
 def test_streamed_reply_equals_greedy_generation(tiny_model, tiny_tokenizer):
-    from helpers.train import generate_replies
+    from helpers.generation import generate_replies
 
     messages = [{"role": "user", "content": "What is the capital of France?"}]
     streamed = "".join(stream_reply(tiny_model, tiny_tokenizer, messages, max_new_tokens=12))
@@ -41,7 +41,7 @@ def test_streamed_reply_equals_greedy_generation(tiny_model, tiny_tokenizer):
 
 # Prevents: a reply ending in "�" when max_new_tokens stops inside a Chinese character (several tokens each).
 def test_a_character_cut_by_the_token_limit_is_not_shown(tiny_model, tiny_tokenizer):
-    from helpers.train import generate_ids
+    from helpers.generation import generate_ids
 
     messages = [{"role": "user", "content": "请用中文介绍一下北京。"}]
     ids = generate_ids(tiny_model, tiny_tokenizer, [messages], 24)[0]
@@ -77,6 +77,7 @@ def test_gradio_respond_streams_growing_answer_with_system(monkeypatch):
 
 
 # Prevents: a gradio version change that breaks building the app, found only when a student launches it.
+@pytest.mark.slow
 def test_gradio_app_builds_without_launching():
     import gradio as gr
 
@@ -107,6 +108,7 @@ def test_chat_page_on_a_taken_port_stops_before_launching_with_what_to_do():
 
 # Prevents: gradio failing to start ("Connection refused" from its own start-up check) after AutoDL's
 # `source /etc/network_turbo` set http_proxy without no_proxy.
+@pytest.mark.slow
 def test_chat_page_starts_while_a_dead_proxy_is_set(monkeypatch, capsys):
     from helpers.chat import launch_chat_page
     from helpers.ports import free_port

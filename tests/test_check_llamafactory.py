@@ -47,6 +47,7 @@ def test_the_torchaudio_stand_in_imports_and_refuses_any_use(tmp_path):
 gpu = load_script("llamafactory_gpu")
 
 
+@pytest.mark.slow
 def test_the_gpu_route_holds_the_installed_torch_and_its_venv_sees_it(tmp_path):
     # Prevents: LLaMA-Factory's install swapping the image's CUDA torch, or a venv that cannot see it at all.
     import subprocess

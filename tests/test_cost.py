@@ -36,7 +36,7 @@ from helpers.cost import (
     shipped_lengths,
     step_cost,
 )
-from helpers.data import encode_conversations
+from helpers.encoding import encode_conversations
 from helpers.hardware import compute_dtype
 from helpers.hub_data import course_conversations
 from helpers.memory import GIB, estimate
@@ -202,6 +202,7 @@ def file_digests(folder: Path) -> dict[str, str]:
 
 # Prevents: a CUDA out-of-memory traceback with no advice, and (worse) losing or damaging the checkpoint the
 # run should resume from after lowering the batch.
+@pytest.mark.slow
 def test_out_of_memory_during_training_becomes_advice_and_keeps_the_checkpoint(tmp_path, monkeypatch, one_thread):
     monkeypatch.setattr(cost, "gpu_memory", lambda: None)  # the advice below is for the estimate's own size
     profile = get_profile("tiny")

@@ -6,17 +6,10 @@ import warnings
 import pytest
 import torch
 
-from helpers.data import (
-    DataError,
-    alpaca_to_messages,
-    encode_conversations,
-    load_conversations,
-    main,
-    read_records,
-    sharegpt_to_messages,
-    truncate,
-)
+from helpers.data import DataError, alpaca_to_messages, load_conversations, main, read_records, sharegpt_to_messages
+from helpers.encoding import encode_conversations
 from helpers.hub_data import course_conversations
+from helpers.lesson03_cells import truncate
 from helpers.messages import CourseWarning
 from helpers.paths import DATA_DIR
 from helpers.templates import IGNORE_INDEX

@@ -39,6 +39,7 @@ def fake_source(name, calls, fail=None, files=("config.json", "model.safetensors
     return Source(name, lambda: "local", fetch)
 
 
+@pytest.mark.slow
 def test_offline_download_fails_fast_and_names_every_source(monkeypatch):
     # Prevents: a student waiting minutes for a dead hub, then a traceback that says nothing.
     monkeypatch.setenv("HF_ENDPOINT", DEAD_PORT)
@@ -55,6 +56,7 @@ def test_offline_download_fails_fast_and_names_every_source(monkeypatch):
     assert "HF_ENDPOINT" in message and "COURSE_PROFILE=tiny" in message
 
 
+@pytest.mark.slow
 def test_real_hub_clients_fail_within_bounded_time(monkeypatch):
     # The probe says "reachable", so the real modelscope / huggingface_hub calls run and fail.
     monkeypatch.setattr(download, "probe", lambda url: None)
@@ -167,6 +169,7 @@ def fake_hub(monkeypatch):
 
 @pytest.mark.parametrize("source", download.SOURCES, ids=lambda s: s.name)
 @pytest.mark.parametrize("hub", ["refused", "unresolvable", "hanging"])
+@pytest.mark.slow
 def test_each_source_fails_fast(monkeypatch, hanging_hub, source, hub):
     # Prevents: a notebook cell hanging for minutes (or forever: huggingface_hub waits on a silent host) offline.
     url = {"refused": DEAD_PORT, "unresolvable": "http://hub.invalid", "hanging": hanging_hub}[hub]

@@ -1,9 +1,12 @@
 import subprocess
 import sys
 
+import pytest
+
 from helpers.env import OK, PROBLEM, check_library, format_report, pinned_versions, run_checks
 
 
+@pytest.mark.slow
 def test_env_module_prints_report_and_exits_zero_here():
     result = subprocess.run([sys.executable, "-m", "helpers.env"], capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stdout + result.stderr

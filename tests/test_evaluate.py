@@ -118,6 +118,7 @@ def test_predictions_round_trip_in_llamafactory_format(tmp_path):
 
 
 # Prevents: `python -m helpers.evaluate score` failing or printing something that is not JSON.
+@pytest.mark.slow
 def test_cli_prints_json_for_one_and_several_files(tmp_path):
     path = hand_scored_file(tmp_path)
     one = subprocess.run([sys.executable, "-m", "helpers.evaluate", "score", str(path)],

@@ -67,6 +67,7 @@ def heldout(merged):
 
 # Prevents: a GGUF that answers unlike the fine-tuned model (wrong tensors, the base's weights, a lossy type), or
 # whose embedded chat template builds another prompt than training did (the model rambles in llama.cpp / Ollama).
+@pytest.mark.slow
 def test_f16_export_has_the_merged_logits_and_the_training_template(merged, heldout, tmp_path):
     from transformers import AutoModelForCausalLM
 
@@ -93,6 +94,7 @@ def test_f16_export_has_the_merged_logits_and_the_training_template(merged, held
 
 # Prevents: a q8_0 file that is not about half the f16 size. (Reading it back, slow on CPU, is lesson 06's job under
 # nbval: it loads the q8_0 file and prints its greedy agreement with the merged model.)
+@pytest.mark.slow
 def test_q8_0_export_is_about_half_the_f16_size(merged, tmp_path):
     path = export_gguf(merged, "q8_0", tmp_path / "model-q8_0.gguf")
     assert 0.5 < path.stat().st_size / (gguf.BYTES_PER_WEIGHT["q8_0"] * gguf.weight_count(merged)) < 1.05
@@ -142,6 +144,7 @@ def test_missing_merged_folder_says_to_merge_first(tmp_path):
 
 
 # Prevents: a model llama.cpp cannot convert failing with the converter's log alone, without saying what to do.
+@pytest.mark.slow
 def test_unsupported_architecture_is_named(tmp_path):
     from safetensors.torch import save_file
 

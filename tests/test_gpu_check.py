@@ -7,6 +7,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 import torch
 from transformers import AutoModelForCausalLM
 
@@ -25,6 +26,7 @@ ABSENT_ON_GPU_MACHINE = ("jieba", "nltk", "rouge_chinese", "IPython", "modelscop
 # Prevents: a GPU session spending its few minutes on a crash the CPU could have shown (the smoke mode runs every
 # setting and the merge), a protocol that times warm-up steps, or dying at an import of a package only the course's
 # own set-up installs (the same run lists what it imported).
+@pytest.mark.slow
 def test_smoke_run_covers_every_setting_merges_and_imports_only_what_the_gpu_machine_has(tmp_path):
     out = tmp_path / "gpu-smoke.json"
     run = ("import atexit, runpy, sys; "
@@ -52,6 +54,7 @@ def test_smoke_run_covers_every_setting_merges_and_imports_only_what_the_gpu_mac
 
 
 # Prevents: a setting that fails (out of memory) ending the whole GPU check, or the results so far being lost.
+@pytest.mark.slow
 def test_a_failing_setting_is_recorded_and_the_check_goes_on(tmp_path, monkeypatch):
     calls = []
 

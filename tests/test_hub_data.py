@@ -115,6 +115,7 @@ def test_the_tiny_profile_never_touches_the_network(monkeypatch):
     assert len(course_conversations("nekoqa", "train", profile=TINY)) == 160
 
 
+@pytest.mark.slow
 def test_real_sources_at_a_refused_port_fail_fast(monkeypatch):
     # Prevents: an offline gpu-profile lesson hanging on unreachable hosts before it falls back.
     monkeypatch.setenv("HF_ENDPOINT", DEAD_PORT)
@@ -129,6 +130,7 @@ def test_real_sources_at_a_refused_port_fail_fast(monkeypatch):
         assert all(f"{name}: 127.0.0.1:9 不可达 unreachable" in str(failure.value) for name in names)
 
 
+@pytest.mark.slow
 def test_real_github_client_fails_fast_when_the_probe_passes(monkeypatch):
     # The probe says "reachable", so urllib itself runs against the refused port.
     monkeypatch.setattr(download, "probe", lambda url: None)

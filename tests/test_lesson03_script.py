@@ -14,8 +14,10 @@ import subprocess
 import sys
 
 import nbformat
+import pytest
 
-from helpers.data import encode_conversations, load_conversations, read_records
+from helpers.data import load_conversations, read_records
+from helpers.encoding import encode_conversations
 from helpers.notebook_code import NOTEBOOK, SAVE_MARK
 from helpers.paths import DATA_DIR
 from helpers.tiny_model import ensure_tiny_model
@@ -63,6 +65,7 @@ def with_values(preamble: str, values: dict[str, str]) -> str:
 
 # Prevents: a lesson whose training code only runs inside the course (an unregistered attention name, a helper
 # import, a variable an earlier cell defined), so the student's own copy crashes or encodes differently.
+@pytest.mark.slow
 def test_pasted_training_cells_train_and_save_an_adapter(tiny_tokenizer, tmp_path):
     train_file, eval_file = tmp_path / "train.json", tmp_path / "eval.json"
     train_file.write_text(json.dumps(read_records(DATA_DIR / "nekoqa" / "train.json")[:4], ensure_ascii=False))

@@ -12,14 +12,16 @@ from transformers import AutoConfig, AutoModelForCausalLM, LlamaConfig, Qwen2Con
 from helpers.data import COURSE_DATASETS
 from helpers.memory import (
     GIB,
-    KNOWN_MODELS,
+    QWEN_72B,
     ModelShape,
     Settings,
     estimate,
     fit_table,
+    fit_table_models,
     lora_parameters,
     weight_bytes,
 )
+from helpers.models import MODELS
 from helpers.profiles import GPU_RECIPES, TINY_MODEL_ID, get_profile
 from helpers.tiny_model import ensure_tiny_model
 from helpers.train import load_model_4bit, lora_config
@@ -53,13 +55,13 @@ def parameter_count(shape: ModelShape) -> int:
 
 # Prevents: the hard-coded SmolLM2 numbers drifting from the model the tiny profile really loads.
 def test_known_tiny_config_matches_the_local_model(tiny_shape):
-    assert KNOWN_MODELS[TINY_MODEL_ID] == tiny_shape
+    assert MODELS[TINY_MODEL_ID].shape == tiny_shape
 
 
 # Prevents: a mistyped config number that makes a model look smaller (or larger) than it is.
 @pytest.mark.parametrize("name", PUBLISHED_PARAMETERS)
 def test_known_configs_have_the_published_parameter_counts(name):
-    assert PUBLISHED_PARAMETERS[name] <= parameter_count(KNOWN_MODELS[name]) < PUBLISHED_PARAMETERS[name] + 0.01e9
+    assert PUBLISHED_PARAMETERS[name] <= parameter_count(fit_table_models()[name]) < PUBLISHED_PARAMETERS[name] + 0.01e9
 
 
 # Prevents: weights or LoRA sizes built on a wrong picture of the architecture (biases, tied embeddings, GQA).
@@ -75,6 +77,7 @@ def test_parameter_and_lora_counts_match_transformers_and_peft(config):
 
 
 # Prevents: "does it fit" answers built on a wrong NF4 size (footprint leaves out the absmax constants, ~1% here).
+@pytest.mark.slow
 def test_nf4_weights_match_the_loaded_models_footprint(tiny_shape):
     model = load_model_4bit(ensure_tiny_model(), get_profile("tiny"))
     assert estimate(tiny_shape, TINY_SETTINGS).weights == pytest.approx(model.get_memory_footprint(), rel=0.03)
@@ -83,7 +86,7 @@ def test_nf4_weights_match_the_loaded_models_footprint(tiny_shape):
 # Prevents: an estimate that says a bigger batch or longer rows cost nothing.
 @pytest.mark.parametrize("field", ["batch_size", "length"])
 def test_memory_grows_with_batch_and_length(field):
-    shape = KNOWN_MODELS["Qwen/Qwen2.5-1.5B-Instruct"]
+    shape = MODELS["Qwen/Qwen2.5-1.5B-Instruct"].shape
     settings = Settings.for_recipe(GPU_RECIPES["huanhuan"])
     smaller, larger = (estimate(shape, replace(settings, **{field: n})) for n in (2, 4))
     assert larger.activations > smaller.activations
@@ -94,8 +97,8 @@ def test_memory_grows_with_batch_and_length(field):
 @pytest.mark.parametrize("name", PUBLISHED_PARAMETERS)
 def test_checkpointing_reduces_activations(name):
     settings = Settings.for_recipe(GPU_RECIPES["nekoqa"])
-    with_checkpoints = estimate(KNOWN_MODELS[name], settings)
-    without = estimate(KNOWN_MODELS[name], replace(settings, checkpointing=False))
+    with_checkpoints = estimate(fit_table_models()[name], settings)
+    without = estimate(fit_table_models()[name], replace(settings, checkpointing=False))
     assert with_checkpoints.activations < without.activations
     assert with_checkpoints.total < without.total
 
@@ -104,7 +107,7 @@ def test_checkpointing_reduces_activations(name):
 def test_fit_table_covers_the_models_and_7b_qlora_fits_24_gb():
     table = fit_table()
     assert all(name.rsplit("/", 1)[-1] in table for name in PUBLISHED_PARAMETERS)
-    shape = KNOWN_MODELS["Qwen/Qwen2.5-7B-Instruct"]
+    shape = MODELS["Qwen/Qwen2.5-7B-Instruct"].shape
     profile = get_profile("gpu", model="Qwen/Qwen2.5-7B-Instruct")  # with the 7B model's own 24 GB batches
     recipes = [profile.recipe(lesson) for lesson in COURSE_DATASETS]
     assert all(estimate(shape, Settings.for_recipe(recipe)).total < 24 * GIB for recipe in recipes)
@@ -114,6 +117,6 @@ def test_fit_table_covers_the_models_and_7b_qlora_fits_24_gb():
 def test_qlora_needs_less_than_16_bit_lora():
     settings = Settings.for_recipe(GPU_RECIPES["nekoqa"])
     for name in PUBLISHED_PARAMETERS:
-        qlora = estimate(KNOWN_MODELS[name], settings).total
-        assert qlora < estimate(KNOWN_MODELS[name], replace(settings, weights="16bit")).total
-    assert estimate(KNOWN_MODELS["Qwen/Qwen2.5-72B-Instruct"], replace(settings, weights="16bit")).total > 80 * GIB
+        qlora = estimate(fit_table_models()[name], settings).total
+        assert qlora < estimate(fit_table_models()[name], replace(settings, weights="16bit")).total
+    assert estimate(QWEN_72B, replace(settings, weights="16bit")).total > 80 * GIB

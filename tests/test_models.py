@@ -12,8 +12,8 @@ import pytest
 from transformers import AutoTokenizer
 
 from helpers.cost import lesson_settings
-from helpers.data import encode_conversations
 from helpers.download import DownloadError, Source, download_model, local_folder_name
+from helpers.encoding import encode_conversations
 from helpers.hardware import compute_dtype
 from helpers.hub_data import course_conversations
 from helpers.memory import GIB, estimate
@@ -195,6 +195,7 @@ def test_every_table_model_fits_24gb_with_headroom(hf_id, lesson):
 
 # Prevents: a model outside the table failing on "target modules not found" (its layers are named differently),
 # or LoRA landing on lm_head, instead of training on all its linear layers.
+@pytest.mark.slow
 def test_unknown_chat_model_trains_with_all_linear(tmp_path, capsys, one_thread):
     from helpers import models
 

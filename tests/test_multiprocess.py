@@ -22,6 +22,7 @@ def launch_env() -> dict[str, str]:
 
 
 # Prevents: every rank loading the 4-bit model on the same device, or saving the adapter twice, under accelerate launch.
+@pytest.mark.slow
 def test_train_script_runs_ddp_on_two_processes(tmp_path: Path) -> None:
     command = [sys.executable, "-m", "accelerate.commands.launch", "--config_file", str(CONFIGS / "ddp.yaml"),
                "--num_processes", "2", str(REPO / "scripts" / "train.py"), "--lesson", "nekoqa", "--profile", "tiny",
@@ -35,13 +36,18 @@ def test_train_script_runs_ddp_on_two_processes(tmp_path: Path) -> None:
     assert (tmp_path / "adapter" / ".course-complete").is_file()
 
 
-# Prevents: a config key accelerate does not know (a typo is silently ignored, so ZeRO-3 would run as something else).
+# Prevents: a config key accelerate does not know (a typo is silently ignored, so ZeRO-3 would run as something else),
+# a precision that overrides the script's choice per card, or DeepSpeed settings in the plain DDP config.
 @pytest.mark.parametrize(("name", "kind", "stage"), [("ddp", "MULTI_GPU", None), ("deepspeed_zero2", "DEEPSPEED", 2),
                                                      ("deepspeed_zero3", "DEEPSPEED", 3)])
 def test_accelerate_configs_load(name: str, kind: str, stage: int | None) -> None:
     config = ClusterConfig.from_yaml_file(CONFIGS / f"{name}.yaml")
     assert config.distributed_type.value == kind
     assert config.num_machines == 1
+    assert config.mixed_precision == "no"  # scripts/train.py picks bf16 or fp16 for the card; a value here overrides it
+    if stage is None:  # plain DDP: a DeepSpeed section would be ignored, leaving a reader to think ZeRO runs
+        assert not config.deepspeed_config
+        return
     launch_options = set(vars(launch_command_parser().parse_args(["train.py"])))
     assert set(config.deepspeed_config) <= launch_options
     assert config.deepspeed_config.get("zero_stage") == stage

@@ -10,11 +10,12 @@ from __future__ import annotations
 import math
 
 import bitsandbytes as bnb
+import pytest
 import torch
 from peft import get_peft_model
 from trl.trainer.sft_trainer import DataCollatorForLanguageModeling
 
-from helpers.data import encode_conversations
+from helpers.encoding import encode_conversations
 from helpers.hub_data import course_conversations
 from helpers.profiles import get_profile
 from helpers.tiny_model import ensure_tiny_model
@@ -41,6 +42,7 @@ def lora_gradient_norm(tokenizer, evaluate_first: bool) -> tuple[float, bool]:
 
 
 # Prevents: lessons 03-05 training on wrong gradients after they measured the base model's held-out loss.
+@pytest.mark.slow
 def test_evaluating_first_does_not_change_the_gradients(tiny_tokenizer):
     fresh, _ = lora_gradient_norm(tiny_tokenizer, evaluate_first=False)
     after_eval, repacked = lora_gradient_norm(tiny_tokenizer, evaluate_first=True)

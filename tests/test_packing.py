@@ -12,7 +12,7 @@ import torch
 from transformers import AutoModelForCausalLM
 
 from helpers.attention import PACKED_SDPA, sample_bounds
-from helpers.data import encode_conversations
+from helpers.encoding import encode_conversations
 from helpers.hub_data import course_conversations
 from helpers.profiles import get_profile
 from helpers.templates import IGNORE_INDEX

@@ -2,7 +2,6 @@
 
 import subprocess
 import sys
-import time
 
 import pytest
 
@@ -27,17 +26,16 @@ def test_a_second_process_waits_until_the_first_has_written_the_folder(tmp_path,
     holder = subprocess.Popen([sys.executable, "-c", HOLD, str(folder)], cwd=REPO_ROOT, stdout=subprocess.PIPE,
                               text=True)
     assert holder.stdout.readline().strip() == "holding"
-    start = time.perf_counter()
     with one_at_a_time(folder):
         assert (folder / "done").is_file()
-    assert time.perf_counter() - start > 0.5 and holder.wait(timeout=30) == 0
+    assert holder.wait(timeout=30) == 0
     assert "waiting for another process" in capsys.readouterr().out
 
 
-def test_the_lock_is_free_again_after_an_error(tmp_path):
+def test_the_lock_is_free_again_after_an_error(tmp_path, capsys):
     folder = tmp_path / "merged"
     with pytest.raises(RuntimeError), one_at_a_time(folder):
         raise RuntimeError("training failed")
-    start = time.perf_counter()
-    with one_at_a_time(folder):
-        assert time.perf_counter() - start < 1
+    with one_at_a_time(folder):  # taken at once (its first, non-blocking try), not after waiting
+        pass
+    assert "waiting for another process" not in capsys.readouterr().out

@@ -25,7 +25,7 @@ MAX_STEPS = 3
 TRAIN_SCRIPT = f"""
 import json, sys
 from transformers import AutoTokenizer
-from helpers.data import encode_conversations
+from helpers.encoding import encode_conversations
 from helpers.hub_data import course_conversations
 from helpers.hardware import compute_dtype
 from helpers.profiles import Recipe, get_profile
@@ -89,6 +89,7 @@ def kill_after_first_checkpoint(output_dir: Path, log: Path) -> tuple[int, float
     return max(complete_steps(output_dir)), time.perf_counter() - start
 
 
+@pytest.mark.slow
 def test_killed_training_resumes_after_its_checkpoint_and_finishes(tmp_path):
     # Prevents: a run killed at step N restarting from step 0, or resuming from a checkpoint that does not load.
     output_dir = tmp_path / "checkpoints"

@@ -13,9 +13,9 @@ from pathlib import Path
 import pytest
 
 from helpers import serve
+from helpers.generation import GREEDY
 from helpers.ports import free_port, port_in_use
 from helpers.serve import ServeError, greedy_request, start_server
-from helpers.train import GREEDY
 
 MESSAGES = [{"role": "user", "content": "What is the capital of France?"}]
 MAX_TOKENS = 12
@@ -43,10 +43,11 @@ def client(server):
 
 
 # Prevents: an API that answers with another template or other decoding than the course's own generate.
+@pytest.mark.slow
 def test_api_reply_equals_greedy_generate_and_streams_the_same_text(server, client, tiny_folder, tiny_tokenizer):
     from transformers import AutoModelForCausalLM
 
-    from helpers.train import generate_replies
+    from helpers.generation import generate_replies
 
     reply = client.chat.completions.create(model=server.model, messages=MESSAGES, **greedy_request(MAX_TOKENS))
     text = reply.choices[0].message.content
@@ -88,6 +89,7 @@ def test_missing_model_folder_says_which_lesson_makes_it(tmp_path):
 
 
 # Prevents: waiting out the whole timeout for a server that has already died, or an error without its reason.
+@pytest.mark.slow
 def test_server_that_exits_early_shows_its_last_log_lines(tiny_folder, tmp_path, monkeypatch):
     crash = [sys.executable, "-c", "import sys; print('loading...'); print('OSError: no weights here'); sys.exit(3)"]
     monkeypatch.setattr(serve, "serve_command", lambda *args: crash)
@@ -100,6 +102,7 @@ def test_server_that_exits_early_shows_its_last_log_lines(tiny_folder, tmp_path,
 
 
 # Prevents: a server that never answers hanging the notebook, or being left running after the timeout.
+@pytest.mark.slow
 def test_server_not_ready_in_time_is_stopped_with_a_clear_message(tiny_folder, tmp_path, monkeypatch):
     hang = [sys.executable, "-c", "import time; print('still loading', flush=True); time.sleep(60)"]
     monkeypatch.setattr(serve, "serve_command", lambda *args: hang)
@@ -148,6 +151,7 @@ PROXY_VARIABLES = ("http_proxy", "HTTP_PROXY", "https_proxy", "HTTPS_PROXY", "al
 
 # Prevents: after AutoDL's `source /etc/network_turbo` (http_proxy, no no_proxy), the readiness check and the openai
 # client sending 127.0.0.1 to the proxy, so a running local server times out.
+@pytest.mark.slow
 def test_local_server_is_reached_while_a_dead_proxy_is_set(tiny_folder, tmp_path, monkeypatch):
     from openai import OpenAI
 

@@ -1,6 +1,6 @@
 import pytest
 
-from helpers.data import encode_conversations
+from helpers.encoding import encode_conversations
 from helpers.templates import (
     IGNORE_INDEX,
     TemplateError,

@@ -12,9 +12,10 @@ import re
 import pytest
 from script_module import load_script
 
-from helpers.data import DataError, own_conversations, read_records, split_held_out
+from helpers.data import DataError, read_records
 from helpers.data import main as data_main
 from helpers.paths import DATA_DIR
+from helpers.splits import own_conversations, split_held_out
 
 SYSTEM = "你是一只猫娘"
 
@@ -60,6 +61,7 @@ SCHEMAS = ("alpaca", "sharegpt", "messages")
 TINY_RUN = ["--profile", "tiny", "--max-steps", "2", "--train-rows", "4", "--cutoff", "32"]
 
 
+@pytest.mark.slow
 def test_own_data_trains_saves_the_adapter_and_reports_held_out_loss(tmp_path, capsys, one_thread):
     # Prevents: --data training without saving, or without the held-out loss before and after that shows it learned.
     data = write_schema(tmp_path, "alpaca")

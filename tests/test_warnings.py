@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 import nbformat
+import pytest
 
 from helpers import course
 from helpers.noise import BNB_CPU_LOGGER, BNB_KERNELS_MESSAGE
@@ -39,6 +40,7 @@ def test_the_filter_drops_only_the_kernels_message(caplog):
 
 # Prevents: 12 copies of Jupyter's "Kernel is running over TCP without encryption" between make course's progress
 # bar and its summary table.
+@pytest.mark.slow
 def test_course_runs_a_notebook_without_kernel_warnings(tmp_path, capfd):
     notebook = tmp_path / "lesson.ipynb"
     nbformat.write(nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell("print(6 * 7)")]), notebook)
