@@ -56,10 +56,11 @@ from helpers.encoding import encode_conversations
 from helpers.hardware import compute_dtype
 from helpers.hub_data import course_conversations
 from helpers.measure import peak_bytes, reset_peak, run_forked
-from helpers.profiles import Profile, Recipe, get_profile
+from helpers.profiles import GPU_RECIPES, Profile, Recipe, get_profile
+from helpers.registry import SFT_LESSONS
 from helpers.train import heldout_loss, load_model_4bit, lora_config, make_trainer, sft_config
 
-CUTOFFS = {"tang": 256, "huanhuan": 384, "nekoqa": 2048}  # the original tutorials' cutoff_len / max_seq_length
+CUTOFFS = {lesson: GPU_RECIPES[lesson].cutoff for lesson in SFT_LESSONS}  # the original tutorials' cutoff_len
 # profile -> data set -> (rows, batch size); tiny: < 5 minutes on 2 cores
 SIZES = {"tiny": {"tang": (8, 8), "huanhuan": (4, 4), "nekoqa": (2, 2)}, "gpu": dict.fromkeys(CUTOFFS, (64, 4))}
 PIPELINE_NAMES = ("fixed", "dynamic", "grouped", "padding_free")

@@ -28,10 +28,9 @@ from helpers.memory import GIB, MemoryEstimate, Settings, estimate
 from helpers.models import MODELS, ModelShape, find_model
 from helpers.paths import REPO_ROOT
 from helpers.profiles import GPU_MODEL_ID, Recipe, get_profile
+from helpers.registry import LESSONS, is_preference
 from helpers.splits import shipped_conversations
 
-DPO_LESSON = "nekoqa_dpo"
-NOTEBOOKS = {"nekoqa": "03", "tang": "04", "huanhuan": "05", DPO_LESSON: "09"}
 HEADROOM = 0.95  # refuse above 95% of the card: the allocator needs some slack of its own
 
 
@@ -66,10 +65,10 @@ def lesson_settings(lesson: str, recipe: Recipe, gpu: bool = True, lengths: list
     every row at the cutoff).
     """
     settings = Settings.for_recipe(recipe, gpu=gpu)
-    if lengths and lesson != DPO_LESSON:
+    if lengths and not is_preference(lesson):
         longest = sorted(lengths)[-recipe.batch_size:]
         settings = replace(settings, length=min(recipe.cutoff, math.ceil(sum(longest) / len(longest))))
-    if lesson == DPO_LESSON:
+    if is_preference(lesson):
         settings = replace(settings, batch_size=2 * recipe.batch_size, chunked_loss=False)
     return settings
 
@@ -255,7 +254,7 @@ def straight_line(points: list[tuple[float, float]]) -> tuple[float, float]:
 @cache  # one read of the data per lesson, however many models and recipes a cost table lists
 def row_lengths(lesson: str) -> tuple[tuple[int, int], ...]:
     """Estimated (prompt, reply) tokens of each training row of the shipped data (a pair for DPO), from characters."""
-    if lesson == DPO_LESSON:
+    if is_preference(lesson):
         rows = [pair["prompt"] + pair["chosen"] + pair["rejected"] for pair in load_preferences("train")]
     else:
         rows = shipped_conversations(lesson, "train")
@@ -289,8 +288,8 @@ def lesson_cost(lesson: str, model_id: str, card: Card = RTX_4090, faster: bool 
     seed = profile.faster_recipe(lesson) if faster else profile.recipe(lesson)
     recipe = planned_recipe(shape, lesson, seed, card.memory_bytes, lengths)
     rows = recipe.max_steps * recipe.rows_per_step
-    row = min(row_tokens(lesson), recipe.cutoff * (2 if lesson == DPO_LESSON else 1))
-    reference = 2 / FLOPS_PER_TOKEN if lesson == DPO_LESSON else 0  # DPO's reference model: one more forward
+    row = min(row_tokens(lesson), recipe.cutoff * (2 if is_preference(lesson) else 1))
+    reference = 2 / FLOPS_PER_TOKEN if is_preference(lesson) else 0  # DPO's reference model: one more forward
     micro_steps = recipe.max_steps * recipe.grad_accum
     cost = step_cost().on(card)
     seconds = micro_steps * cost.seconds(round(shape.parameters() * (1 + reference)), recipe.batch_size * row)
@@ -308,9 +307,9 @@ def minutes(seconds: float) -> str:
 def cost_table(lesson: str, models: tuple[str, ...] = (GPU_MODEL_ID, SEVEN_B), card: Card = RTX_4090) -> str:
     """A lesson's cost for the default gpu model and a 7B model, its recipe and its faster one, on ``card``."""
     cost = step_cost()
-    lines = [f"第 {NOTEBOOKS[lesson]} 课（{lesson}）在 {card.name} 上的开销 / cost. 时间按 H200 实测拟合、按 bf16 峰值"
-             f"换算到这块卡，是估算 / time fitted to {cost.runs} H200 runs, scaled to this card by bf16 peak: an "
-             "estimate (helpers/cost.py)",
+    lines = [f"第 {LESSONS[lesson].number} 课（{lesson}）在 {card.name} 上的开销 / cost. 时间按 H200 实测拟合、"
+             f"按 bf16 峰值换算到这块卡，是估算 / time fitted to {cost.runs} H200 runs, scaled to this card by bf16 "
+             "peak: an estimate (helpers/cost.py)",
              f"{'模型 / model':<27}{'配方 recipe':<12}{'批 batch':>9}{'ckpt':>6}{'lr':>9}{'步数 steps':>11}"
              f"{'样本 rows':>10}{'token':>10}{'时间 time':>11}{'显存 peak':>11}"]
     variants = (False, True) if lesson in (get_profile("gpu").faster_rows or {}) else (False,)

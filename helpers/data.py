@@ -21,22 +21,13 @@ from pathlib import Path
 
 from helpers.messages import warn
 from helpers.paths import DATA_DIR
+from helpers.registry import LESSONS
 from helpers.templates import Message, strip_contents
-
-HUANHUAN_SYSTEM = (DATA_DIR / "huanhuan" / "system_prompt.txt").read_text(encoding="utf-8").strip()
-TANG_SYSTEM = "You are a helpful assistant and good at writing Tang poem. 你是一個樂於助人的助手且擅長寫唐詩。"
-
-# lesson -> (train file, held-out file, system prompt used in training and inference)
-COURSE_DATASETS: dict[str, tuple[str, str, str | None]] = {
-    "nekoqa": ("nekoqa/train.json", "nekoqa/eval.json", None),  # NekoQA trains without a system prompt
-    "tang": ("tang/Tang_training_data.json", "tang/Tang_eval_data.json", TANG_SYSTEM),
-    "huanhuan": ("huanhuan/train.json", "huanhuan/eval.json", HUANHUAN_SYSTEM),
-}
 
 
 def shipped_row_count(lesson: str) -> int:
     """Rows of a lesson's shipped training file; 0 for a lesson without one (DPO's pairs are their own files)."""
-    return len(read_records(DATA_DIR / COURSE_DATASETS[lesson][0])) if lesson in COURSE_DATASETS else 0
+    return len(read_records(DATA_DIR / LESSONS[lesson].train_file)) if LESSONS[lesson].is_sft else 0
 
 
 # lesson 09 (DPO): preference pairs written for the course

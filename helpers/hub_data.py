@@ -23,12 +23,13 @@ from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
 
-from helpers.data import COURSE_DATASETS, DataError, load_conversations, shipped_row_count
+from helpers.data import DataError, load_conversations, shipped_row_count
 from helpers.download import DownloadError, Source, check_free_space, fetch_first, tried_lines
 from helpers.net import SUGGESTED_MIRROR, hf_endpoint
-from helpers.paths import DATA_DIR, cache_root, display_path, is_complete, mark_complete
+from helpers.paths import cache_root, display_path, is_complete, mark_complete
 from helpers.profiles import SHIPPED_DATA_ENV, SHIPPED_EPOCHS, Profile, get_profile
-from helpers.splits import drop_held_out
+from helpers.registry import LESSONS
+from helpers.splits import drop_held_out, shipped_conversations
 from helpers.templates import Message
 
 GITHUB_RAW_ENV = "GITHUB_RAW_ENDPOINT"
@@ -106,7 +107,7 @@ def full_dataset_path(lesson: str) -> Path:
 
 def check_file(path: Path, lesson: str) -> None:
     """The course's data check: every row must become a conversation, else a DataError names the row."""
-    load_conversations(path, COURSE_DATASETS[lesson][2])
+    load_conversations(path, LESSONS[lesson].system)
 
 
 def failure_message(lesson: str, file_name: str, attempts: list[tuple[str, str]]) -> str:
@@ -149,12 +150,9 @@ def download_full_dataset(lesson: str, sources: tuple[Source, ...] | None = None
     return path
 
 
-def train_file(lesson: str, profile: Profile) -> Path:
-    """The file a lesson trains on: the shipped one in the tiny profile (and with ``COURSE_SHIPPED_DATA=1``), else the
-    full set; when that cannot be had, a ``DownloadError`` that also says how to rehearse on the shipped rows."""
-    shipped = DATA_DIR / COURSE_DATASETS[lesson][0]
-    if profile.is_tiny or profile.shipped_data:
-        return shipped
+def full_training_file(lesson: str) -> Path:
+    """The gpu profile's full training set of ``lesson``; when it cannot be had, a ``DownloadError`` that also says
+    how to rehearse on the shipped rows instead (``COURSE_SHIPPED_DATA=1``)."""
     try:
         return download_full_dataset(lesson)
     except DownloadError as error:
@@ -178,9 +176,10 @@ def course_conversations(lesson: str, split: str, limit: int | None = None,
     ``train`` is the shipped file in the tiny profile and the full public set in the gpu profile (downloaded as
     above; the shipped file with ``COURSE_SHIPPED_DATA=1``), without held-out questions.
     """
-    _, eval_file, system = COURSE_DATASETS[lesson]
-    conversations = load_conversations(DATA_DIR / eval_file, system)
-    if split == "train":
-        train = load_conversations(train_file(lesson, profile or get_profile()), system)
-        conversations = drop_held_out(train, conversations)
+    profile = profile or get_profile()
+    if split == "eval" or profile.is_tiny or profile.shipped_data:
+        conversations = shipped_conversations(lesson, split)
+    else:
+        full = load_conversations(full_training_file(lesson), LESSONS[lesson].system)
+        conversations = drop_held_out(full, shipped_conversations(lesson, "eval"))
     return conversations[:limit] if limit else conversations

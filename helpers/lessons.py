@@ -14,21 +14,20 @@ from peft import PeftModel
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from helpers import lesson03_cells as cells
-from helpers.cost import NOTEBOOKS, lesson_cost, minutes
+from helpers.cost import lesson_cost, minutes
 from helpers.download import download_model
 from helpers.encoding import encode_conversations
-from helpers.evaluate import persona_rate, score, share, stopped_by_itself, verse_form_rate, write_predictions
+from helpers.evaluate import TASK_CHECKS, score, share, stopped_by_itself, write_predictions
 from helpers.generation import generate_ids
 from helpers.hardware import compute_dtype, device
 from helpers.hub_data import course_conversations
 from helpers.models import find_model
 from helpers.paths import display_path, is_complete, one_at_a_time, outputs_dir
 from helpers.profiles import Profile, Recipe, get_profile
+from helpers.registry import LESSONS
 from helpers.sft_run import PreparedRun, fit, prepare
 from helpers.templates import Message, reply_label
 from helpers.train import LossPlot, heldout_loss, load_model_4bit
-
-LESSONS = ("nekoqa", "tang", "huanhuan")
 
 
 def run_folder(lesson: str, profile: Profile, variant: str = "") -> str:
@@ -91,7 +90,7 @@ def require_adapter(lesson: str, profile: Profile) -> Path:
     target = adapter_dir(lesson, profile)
     if is_complete(target):
         return target
-    number = NOTEBOOKS[lesson]
+    number = LESSONS[lesson].number
     raise MissingAdapterError(
         f"还没有 {lesson} 的适配器（{display_path(target)}）。先运行第 {number} 课，或在这里运行 "
         f"train_lesson({lesson!r}, profile)，或在终端里 python scripts/train.py --lesson {lesson}；"
@@ -175,17 +174,12 @@ def predict(model, tokenizer, conversations: list[list[dict]], max_new_tokens: i
     ]
 
 
-# The simple check that fits each data set (lesson 07): persona words for NekoQA, the verse form for Tang.
-TASK_CHECKS = {"nekoqa": ("persona", persona_rate), "tang": ("verse_form", verse_form_rate)}
-
-
 def metrics(lesson: str, records: list[dict], loss: float) -> dict[str, float]:
     """BLEU-4 / ROUGE as LLaMA-Factory computes them, held-out loss and perplexity, stop rate, task check."""
     row = {**score(records), "loss": round(loss, 4), "perplexity": round(math.exp(loss), 2),
            "stop_rate": share(record["stopped"] for record in records)}
-    if lesson in TASK_CHECKS:
-        name, check = TASK_CHECKS[lesson]
-        row[name] = check(record["predict"] for record in records)
+    if check := LESSONS[lesson].task_check:
+        row[check] = TASK_CHECKS[check](record["predict"] for record in records)
     return row
 
 

@@ -31,6 +31,7 @@ from helpers.hub_data import course_conversations
 from helpers.models import ALL_LINEAR, find_model, has_chat_template
 from helpers.paths import REPO_ROOT, display_path, is_complete, models_dir
 from helpers.profiles import TINY_MODEL_ID, Profile, get_profile
+from helpers.registry import SFT_LESSONS
 from helpers.templates import Message, default_system_prompt
 from helpers.tiny_model import ensure_tiny_model
 
@@ -316,7 +317,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m helpers.llamafactory")
     sub = parser.add_subparsers(dest="command", required=True)
     run = sub.add_parser("export", help="data set + dataset_info.json + YAML configs for LLaMA-Factory / 导出")
-    run.add_argument("lesson", choices=("nekoqa", "tang", "huanhuan"))
+    run.add_argument("lesson", choices=SFT_LESSONS)
     run.add_argument("--out", required=True, type=Path, help="LLaMA-Factory's data folder / 数据目录")
     run.add_argument("--formatting", choices=tuple(ROW_FORMATS), default="alpaca")
     run.add_argument("--model", help="model id or local folder (default: the profile's) / 模型")

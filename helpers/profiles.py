@@ -15,6 +15,7 @@ import re
 from dataclasses import dataclass, replace
 
 from helpers.models import MODEL_ENV, SEVEN_PROJECTIONS, chosen_model, lora_targets
+from helpers.registry import SFT_LESSONS
 
 PROFILE_ENV = "COURSE_PROFILE"
 TINY_MODEL_ID = "HuggingFaceTB/SmolLM2-135M-Instruct"
@@ -129,7 +130,7 @@ GPU_RECIPES = {
 # Faster recipes (larger_batch): about 9k tokens per optimizer step on the course data, where one H200 step of the
 # default 1.5B model reached 9-12k real tokens/s (benchmarks/results/gpu-nvidia-h200.json). Tiny: 2x, to compare.
 GPU_FASTER_ROWS = {"nekoqa": 64, "tang": 64, "huanhuan": 128}
-TINY_FASTER_ROWS = dict.fromkeys(("nekoqa", "tang", "huanhuan"), 8)
+TINY_FASTER_ROWS = dict.fromkeys(SFT_LESSONS, 8)
 
 # COURSE_SHIPPED_DATA=1: the gpu profile trains on the course's shipped rows (a rehearsal when the full data sets
 # cannot be downloaded) for at most this many passes over them: the full-data step counts would be 6-70 passes.
@@ -164,7 +165,7 @@ PROFILES: dict[str, Profile] = {
         model_id=TINY_MODEL_ID,
         compute_dtype="float32",
         max_new_tokens=48,
-        recipes={"nekoqa": TINY_RECIPE, "tang": TINY_RECIPE, "huanhuan": TINY_RECIPE, "nekoqa_dpo": TINY_DPO_RECIPE},
+        recipes={**dict.fromkeys(SFT_LESSONS, TINY_RECIPE), "nekoqa_dpo": TINY_DPO_RECIPE},
         max_shard_size="200MB",  # small shards so the tiny run shows what sharding looks like
         faster_rows=TINY_FASTER_ROWS,
     ),

@@ -6,8 +6,9 @@ from __future__ import annotations
 import random
 from pathlib import Path
 
-from helpers.data import COURSE_DATASETS, DataError, load_conversations
+from helpers.data import DataError, load_conversations
 from helpers.paths import DATA_DIR
+from helpers.registry import LESSONS
 from helpers.templates import Message
 
 
@@ -62,8 +63,8 @@ def own_conversations(path: str | Path, held_out_path: str | Path | None = None,
 def shipped_conversations(lesson: str, split: str) -> list[list[Message]]:
     """A lesson's rows shipped with the course: ``eval`` the held-out file, ``train`` the training file without the
     held-out questions (no download: ``helpers.hub_data`` swaps in the full set for the gpu profile)."""
-    train_file, eval_file, system = COURSE_DATASETS[lesson]
-    held_out = load_conversations(DATA_DIR / eval_file, system)
+    spec = LESSONS[lesson]
+    held_out = load_conversations(DATA_DIR / spec.eval_file, spec.system)
     if split == "eval":
         return held_out
-    return drop_held_out(load_conversations(DATA_DIR / train_file, system), held_out)
+    return drop_held_out(load_conversations(DATA_DIR / spec.train_file, spec.system), held_out)

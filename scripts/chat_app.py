@@ -18,17 +18,16 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run from anywhere without `pip install -e .`
 
 from helpers.chat import PortTaken, check_page_port, gradio_app, launch_chat_page
-from helpers.data import COURSE_DATASETS
-from helpers.lessons import LESSONS
 from helpers.merge import load_merged
 from helpers.models import MODEL_HELP
 from helpers.ports import web_address
 from helpers.profiles import PROFILES, get_profile
+from helpers.registry import LESSONS, SFT_LESSONS
 
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description="Chat with a lesson's tuned model / 和微调后的模型聊天")
-    parser.add_argument("--lesson", choices=LESSONS, required=True)
+    parser.add_argument("--lesson", choices=SFT_LESSONS, required=True)
     parser.add_argument("--profile", choices=list(PROFILES))
     parser.add_argument("--model", help=MODEL_HELP)
     host, port = web_address()
@@ -41,7 +40,7 @@ def main(argv: list[str] | None = None) -> None:
         check_page_port(args.port, args.host)  # before minutes of loading the model
         profile = get_profile(args.profile, model=args.model)
         model, tokenizer = load_merged(args.lesson, profile)
-        system = COURSE_DATASETS[args.lesson][2]
+        system = LESSONS[args.lesson].system
         app = gradio_app(model, tokenizer, system, profile.max_new_tokens, title=f"{args.lesson} ({profile.run_name})")
         launch_chat_page(app, args.host, args.port, args.share)
     except PortTaken as error:

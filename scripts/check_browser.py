@@ -25,10 +25,10 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run from anywhere without `pip install -e .`
 
-from helpers.lessons import LESSONS
 from helpers.paths import REPO_ROOT, display_path, outputs_dir
 from helpers.ports import free_port
 from helpers.profiles import PROFILES
+from helpers.registry import SFT_LESSONS
 from helpers.serve import log_tail
 
 CHROMIUM = Path("/usr/bin/chromium")
@@ -193,7 +193,7 @@ def chat_in_browser(url: str, message: str, screenshot: Path, timeout: float) ->
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description="在真实浏览器里检查聊天页面 / check the chat page in a real browser")
-    parser.add_argument("--lesson", choices=LESSONS, default="huanhuan")
+    parser.add_argument("--lesson", choices=SFT_LESSONS, default="huanhuan")
     parser.add_argument("--profile", choices=list(PROFILES), default="tiny", help="课程配置 / course profile")
     parser.add_argument("--message", default=MESSAGE, help="发送的消息 / the message to send")
     parser.add_argument("--server-timeout", type=float, default=180, help="秒 / seconds for the page to start")

@@ -38,11 +38,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run from anyw
 from helpers.encoding import encode_conversations
 from helpers.evaluate import METRICS, read_predictions, score
 from helpers.hub_data import course_conversations
-from helpers.lessons import LESSONS, encoded_split
+from helpers.lessons import encoded_split
 from helpers.llamafactory import alpaca_row, dataset_entry, export, register
 from helpers.messages import CourseWarning
 from helpers.paths import REPO_ROOT, display_path, is_complete, mark_complete
 from helpers.profiles import get_profile
+from helpers.registry import SFT_LESSONS
 from helpers.templates import reply_label
 from helpers.tiny_model import ensure_tiny_model
 
@@ -181,8 +182,8 @@ def side(command: str, request: object, venv: Path = VENV) -> object:
 
 def export_all() -> dict[str, dict[str, Path]]:
     """The three lessons in alpaca form (and sharegpt, in a second folder), plus multi-turn huanhuan rows."""
-    written = {lesson: export(lesson, WORK / "data", "alpaca", TINY) for lesson in LESSONS}
-    for lesson in LESSONS:
+    written = {lesson: export(lesson, WORK / "data", "alpaca", TINY) for lesson in SFT_LESSONS}
+    for lesson in SFT_LESSONS:
         export(lesson, WORK / "sharegpt", "sharegpt", TINY)
     (WORK / "data" / "course_multiturn.json").write_text(
         json.dumps([alpaca_row(c) for c in multiturn_conversations()], ensure_ascii=False, indent=2),
@@ -318,7 +319,7 @@ def check_train_and_predict(written: dict[str, dict[str, Path]], lesson: str, to
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python scripts/check_llamafactory.py")
-    parser.add_argument("--lesson", choices=LESSONS, default="nekoqa", help="训练与预测的课 / lesson to train")
+    parser.add_argument("--lesson", choices=SFT_LESSONS, default="nekoqa", help="训练与预测的课 / lesson to train")
     parser.add_argument("--rebuild", action="store_true", help="重建虚拟环境 / rebuild the virtual environment")
     args = parser.parse_args(argv)
     started = time.perf_counter()

@@ -21,10 +21,15 @@ import time
 from pathlib import Path
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO_ROOT))  # run from anywhere without `pip install -e .`
+
+from helpers.registry import ADAPTERS_USED, LESSONS, SFT_LESSONS  # noqa: E402
+
 NBVAL = ["-m", "pytest", "--nbval-lax", "--nbval-current-env", "--nbval-sanitize-with", "tests/nbval_sanitize.cfg",
          "--durations=3", "-q"]
-AFTER = {"06": {"03"}, "07": {"03", "04", "05"}, "08": {"03"}, "09": {"03"}, "11": {"03"}}  # lesson: what it waits for
-FIRST = ("03", "04", "05")  # the longest ones start first, so that the lessons waiting for them can follow
+# Notebook -> the training notebooks it waits for: those whose adapters it loads (04 and 05 retrain theirs on purpose).
+AFTER = {number: {LESSONS[lesson].number for lesson in used} for number, used in ADAPTERS_USED.items()}
+FIRST = tuple(LESSONS[lesson].number for lesson in SFT_LESSONS)  # the longest start first: others wait for them
 ONE_THREAD = {"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
 
 

@@ -32,10 +32,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run from anyw
 
 from helpers.cost import MemoryFitError
 from helpers.data import DataError
-from helpers.lessons import LESSONS, adapter_dir, checkpoint_dir, prepare_lesson
+from helpers.lessons import adapter_dir, checkpoint_dir, prepare_lesson
 from helpers.models import MODEL_HELP
 from helpers.paths import COMPLETE_MARKER, display_path, mark_complete
 from helpers.profiles import OWN_DATA_RECIPE, PROFILES, Profile, get_profile
+from helpers.registry import SFT_LESSONS
 from helpers.sft_run import PreparedRun, fit, prepare, report
 from helpers.splits import DEFAULT_HELD_OUT_SHARE, own_conversations
 from helpers.templates import TemplateError
@@ -57,7 +58,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description="QLoRA 训练一课或你自己数据的适配器 / train a QLoRA adapter on a "
                                                  "lesson's data set or your own")
     source = parser.add_mutually_exclusive_group(required=True)
-    source.add_argument("--lesson", choices=LESSONS)
+    source.add_argument("--lesson", choices=SFT_LESSONS)
     source.add_argument("--data", type=Path, help="你自己的数据 / your own data: Alpaca, ShareGPT 或 messages，"
                                                   "JSON 或 JSON lines（用第 03 课的配方 / lesson 03's recipe）")
     held_out = parser.add_mutually_exclusive_group()

@@ -42,9 +42,9 @@ from helpers.hub_data import course_conversations
 from helpers.memory import GIB, estimate
 from helpers.models import MODELS
 from helpers.profiles import GPU_MODEL_ID, TINY_MODEL_ID, get_profile
+from helpers.registry import LESSONS, SFT_LESSONS
 from helpers.tiny_model import ensure_tiny_model
 
-LESSONS = ("nekoqa", "tang", "huanhuan", "nekoqa_dpo")
 LLAMA_3B = "meta-llama/Llama-3.2-3B-Instruct"
 LLAMA_2 = "meta-llama/Llama-2-7b-chat-hf"
 QWEN_15B = "Qwen/Qwen2.5-1.5B-Instruct"
@@ -287,7 +287,7 @@ def test_lesson_cost_is_consistent_with_the_recipes(lesson):
 
 # Prevents: paying the GPU's ~0.6 s per micro-step many times (measured on an H200) when the whole batch fits, or a
 # split that changes the recipe (rows per optimizer step, steps, learning rate).
-@pytest.mark.parametrize("lesson", ["nekoqa", "tang", "huanhuan"])
+@pytest.mark.parametrize("lesson", SFT_LESSONS)
 @pytest.mark.parametrize("model_id", [GPU_MODEL_ID, SEVEN_B])
 def test_whole_batch_in_one_micro_step_when_it_fits(lesson, model_id):
     shape, seed = MODELS[model_id].shape, get_profile("gpu").recipe(lesson)
@@ -331,7 +331,7 @@ def test_without_a_gpu_the_recipe_is_kept(capsys):
 
 
 # Prevents: a faster recipe that quietly trains on fewer rows (or more), or keeps the small batch's learning rate.
-@pytest.mark.parametrize("lesson", ["nekoqa", "tang", "huanhuan"])
+@pytest.mark.parametrize("lesson", SFT_LESSONS)
 @pytest.mark.parametrize("profile_name", ["tiny", "gpu"])
 def test_faster_recipe_sees_the_same_rows_in_fewer_steps(lesson, profile_name):
     profile = get_profile(profile_name)
@@ -344,7 +344,7 @@ def test_faster_recipe_sees_the_same_rows_in_fewer_steps(lesson, profile_name):
 
 
 # Prevents: a cost table whose faster recipe is not faster, or that drops it.
-@pytest.mark.parametrize("lesson", ["nekoqa", "tang", "huanhuan"])
+@pytest.mark.parametrize("lesson", SFT_LESSONS)
 def test_cost_table_offers_the_faster_recipe(lesson):
     assert "faster" in cost_table(lesson)
     for model_id in (GPU_MODEL_ID, SEVEN_B):

@@ -12,6 +12,7 @@ from helpers.hub_data import course_conversations
 from helpers.lesson03_cells import truncate
 from helpers.messages import CourseWarning
 from helpers.paths import DATA_DIR
+from helpers.registry import SFT_LESSONS
 from helpers.templates import IGNORE_INDEX
 
 SHIPPED = sorted(DATA_DIR.glob("*/*.json"))
@@ -363,7 +364,7 @@ def test_outer_whitespace_is_stripped_with_one_warning_per_file(tmp_path, tiny_t
 
 
 def test_shipped_sets_have_enough_rows_and_disjoint_splits():
-    for lesson in ("nekoqa", "tang", "huanhuan"):
+    for lesson in SFT_LESSONS:
         train, held_out = course_conversations(lesson, "train"), course_conversations(lesson, "eval")
         assert len(train) >= 150 and len(held_out) >= 20
         questions = {c[-2]["content"] for c in train}

@@ -24,11 +24,11 @@ from helpers.llamafactory import (
 from helpers.models import SEVEN_PROJECTIONS
 from helpers.paths import CACHE_ENV, mark_complete, models_dir
 from helpers.profiles import get_profile
+from helpers.registry import SFT_LESSONS
 from helpers.templates import IGNORE_INDEX, default_system_prompt, encode_with_label_mask, reply_label
 from helpers.tiny_model import ensure_tiny_model
 
 GPU, TINY = get_profile("gpu"), get_profile("tiny")
-LESSONS = ("nekoqa", "tang", "huanhuan")
 KINDS = ("sft", "predict", "infer", "merge")
 SMOL_DEFAULT_SYSTEM = "You are a helpful AI assistant named SmolLM, trained by Hugging Face"  # its chat template's
 # Transcribed from LLaMA-Factory 0.9.5, src/llamafactory/data/template.py (register_template name="smollm2"):
@@ -56,7 +56,7 @@ def declared_columns(entry: dict) -> set[str]:
 @pytest.mark.parametrize("formatting", ["alpaca", "sharegpt"])
 def test_exported_rows_have_exactly_the_declared_columns_and_every_row(tmp_path, formatting):
     # Prevents: LLaMA-Factory silently dropping a column (the system prompt) or rows going missing.
-    for lesson in LESSONS:
+    for lesson in SFT_LESSONS:
         name = export_dataset(lesson, tmp_path, formatting, TINY)
         info = json.loads((tmp_path / "dataset_info.json").read_text(encoding="utf-8"))
         for dataset, split in ((name, "train"), (f"{name}_eval", "eval")):
@@ -70,7 +70,7 @@ def test_exported_rows_have_exactly_the_declared_columns_and_every_row(tmp_path,
 @pytest.mark.parametrize("formatting", ["alpaca", "sharegpt"])
 def test_exported_rows_read_back_as_the_course_conversations(tmp_path, formatting):
     # Prevents: LLaMA-Factory training on other prompts (a lost system prompt, a different user turn).
-    for lesson in LESSONS:
+    for lesson in SFT_LESSONS:
         name = export_dataset(lesson, tmp_path, formatting, TINY)
         rows = read_records(tmp_path / f"{name}.json")
         assert [to_messages(row) for row in rows] == course_conversations(lesson, "train", profile=TINY)
@@ -119,7 +119,7 @@ def test_broken_dataset_info_is_reported_and_left_alone(tmp_path):
     assert info_path.read_text(encoding="utf-8") == '{"identity": '
 
 
-@pytest.mark.parametrize("lesson", LESSONS)
+@pytest.mark.parametrize("lesson", SFT_LESSONS)
 def test_training_yaml_carries_the_recipe(lesson):
     # Prevents: the LLaMA-Factory run quietly training another recipe than the lesson's.
     recipe = GPU.recipe(lesson)
@@ -182,7 +182,7 @@ def test_export_returns_every_path(tmp_path):
 MODEL = "Qwen/Qwen2.5-1.5B-Instruct"
 
 
-@pytest.mark.parametrize("lesson", LESSONS)
+@pytest.mark.parametrize("lesson", SFT_LESSONS)
 def test_inference_yaml_loads_the_4bit_base_with_the_trained_adapter(lesson):
     # Prevents: llamafactory-cli chat / webchat / api serving the base alone, another adapter or another template.
     config = yaml.safe_load(inference_yaml(lesson, GPU, MODEL))
@@ -199,7 +199,7 @@ def test_inference_yaml_header_shows_the_three_commands():
         assert any(line.startswith("#") and command in line for line in text.splitlines())
 
 
-@pytest.mark.parametrize("lesson", LESSONS)
+@pytest.mark.parametrize("lesson", SFT_LESSONS)
 def test_merge_yaml_merges_into_the_16bit_base(lesson):
     # Prevents: "Cannot merge adapters to a quantized model", or merging into 4-bit (lesson 06: the update is lost).
     config = yaml.safe_load(merge_yaml(lesson, GPU, MODEL))

@@ -9,7 +9,6 @@ import torch
 from peft import get_peft_model
 from transformers import AutoConfig, AutoModelForCausalLM, LlamaConfig, Qwen2Config
 
-from helpers.data import COURSE_DATASETS
 from helpers.memory import (
     GIB,
     QWEN_72B,
@@ -23,6 +22,7 @@ from helpers.memory import (
 )
 from helpers.models import MODELS
 from helpers.profiles import GPU_RECIPES, TINY_MODEL_ID, get_profile
+from helpers.registry import SFT_LESSONS
 from helpers.tiny_model import ensure_tiny_model
 from helpers.train import load_model_4bit, lora_config
 
@@ -109,7 +109,7 @@ def test_fit_table_covers_the_models_and_7b_qlora_fits_24_gb():
     assert all(name.rsplit("/", 1)[-1] in table for name in PUBLISHED_PARAMETERS)
     shape = MODELS["Qwen/Qwen2.5-7B-Instruct"].shape
     profile = get_profile("gpu", model="Qwen/Qwen2.5-7B-Instruct")  # with the 7B model's own 24 GB batches
-    recipes = [profile.recipe(lesson) for lesson in COURSE_DATASETS]
+    recipes = [profile.recipe(lesson) for lesson in SFT_LESSONS]
     assert all(estimate(shape, Settings.for_recipe(recipe)).total < 24 * GIB for recipe in recipes)
 
 

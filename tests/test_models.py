@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 from transformers import AutoTokenizer
 
-from helpers.cost import lesson_settings
+from helpers.cost import SEVEN_B, lesson_settings
 from helpers.download import DownloadError, Source, download_model, local_folder_name
 from helpers.encoding import encode_conversations
 from helpers.hardware import compute_dtype
@@ -28,12 +28,11 @@ from helpers.models import (
     hub_ids,
 )
 from helpers.profiles import GPU_MODEL_ID, get_profile
+from helpers.registry import LESSONS
 from helpers.tiny_model import ensure_tiny_model
 from helpers.train import load_model_4bit, lora_config, make_trainer, sft_config, train
 
-LESSONS = ("nekoqa", "tang", "huanhuan", "nekoqa_dpo")
 LLAMA_3B = "meta-llama/Llama-3.2-3B-Instruct"
-QWEN_7B = "Qwen/Qwen2.5-7B-Instruct"
 CHINESE = re.compile(r"[\u4e00-\u9fff]")
 
 
@@ -172,8 +171,8 @@ def test_gated_model_failure_says_how_to_get_it(isolated_cache, reachable):
 
 # Prevents: a licence hint for Qwen (not gated) sending students to a request page that does not exist.
 def test_ungated_model_failure_has_no_licence_hint(isolated_cache, reachable):
-    message, calls = failed_download(QWEN_7B, "timeout")
-    assert gated_hint(QWEN_7B) == ""
+    message, calls = failed_download(SEVEN_B, "timeout")
+    assert gated_hint(SEVEN_B) == ""
     assert "huggingface.co/" not in message and "hf auth login" not in message and "licence" not in message
     assert [name for name, _ in calls] == ["ModelScope", "Hugging Face"]
 
