@@ -19,10 +19,11 @@ from trl import DPOConfig, DPOTrainer
 from helpers.data import load_preferences  # noqa: F401 (lesson 09 imports it from here)
 from helpers.download import download_model
 from helpers.encoding import encode_conversations
+from helpers.lesson03_cells import adapters_in_training_dtype
 from helpers.lessons import require_adapter
 from helpers.paths import one_at_a_time
 from helpers.profiles import Profile, Recipe
-from helpers.train import adapters_in_training_dtype, completion_logprobs, load_model_4bit, sft_config, with_tqdm
+from helpers.train import completion_logprobs, load_model_4bit, sft_config, with_tqdm
 
 # trl 1.16's DPOTrainer still calls the methods transformers 5 renamed to activation_checkpointing_*; theirs to fix.
 warnings.filterwarnings("ignore", message="`gradient_checkpointing_(enable|disable)` is deprecated",

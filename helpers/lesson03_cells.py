@@ -189,6 +189,16 @@ def load_4bit(model_dir, bnb_config, dtype, attention, device_map):
     return model
 
 
+# ---- # @save adapter_dtype ----
+def adapters_in_training_dtype(trainer):
+    """TRL 把 4-bit 模型上的 LoRA 权重转成 bf16；不用 bf16 训练时（CPU 上 fp32）转回 fp32：CPU 上快约 40 倍。"""
+    if trainer.args.bf16:  # GPU 上 bf16 训练：保持 bf16，与 QLoRA 论文相同
+        return
+    for parameter in trainer.model.parameters():
+        if parameter.requires_grad:  # 只有 LoRA 权重可训练
+            parameter.data = parameter.data.float()
+
+
 # ---- # @save trainer ----
 def trainer(model, args, train_rows, eval_rows, tokenizer, lora, callbacks):
     """Notebook 03's cell ``# @save trainer``."""
@@ -204,11 +214,7 @@ def trainer(model, args, train_rows, eval_rows, tokenizer, lora, callbacks):
         peft_config=lora,  # trainer 把 LoRA 挂到 4-bit 基座上
         callbacks=callbacks,
     )
-    # TRL 把 4-bit 模型上的 LoRA 权重转成 bf16；不用 bf16 训练时（CPU 上 fp32）转回 fp32：CPU 上快约 40 倍
-    if not args.bf16:
-        for parameter in trainer.model.parameters():
-            if parameter.requires_grad:
-                parameter.data = parameter.data.float()
+    adapters_in_training_dtype(trainer)  # 上一个单元格：CPU 上把 LoRA 权重转回 fp32
     return trainer
 
 

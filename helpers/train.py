@@ -156,20 +156,6 @@ def make_trainer(model, tokenizer, train_rows: list[dict], lora: LoraConfig, arg
                                    tokenizer=tokenizer, lora=lora, callbacks=list(callbacks)))
 
 
-def adapters_in_training_dtype(trainer) -> None:
-    """Keep TRL's bf16 cast of the trainable (LoRA) weights only when training runs in bf16; else use fp32.
-
-    On a quantized model TRL casts them to bf16, as the QLoRA paper does on GPUs. On CPU the course computes in fp32:
-    there bf16 matmuls are ~50x slower (the rank-8 LoRA matmuls took half of every tiny step). Under fp16 mixed
-    precision the optimizer needs fp32 weights as well.
-    """
-    if trainer.args.bf16:
-        return
-    for param in trainer.model.parameters():
-        if param.requires_grad:
-            param.data = param.data.float()
-
-
 def with_tqdm(trainer):
     """Swap the notebook's HTML progress table (which nbval cannot compare) for a tqdm bar."""
     for callback in list(trainer.callback_handler.callbacks):  # by name: importing its module needs IPython

@@ -24,7 +24,7 @@ from helpers.tiny_model import ensure_tiny_model
 
 # The script in the notebook's order: its preamble, the encoding cell, its encoding lines, the training cells.
 BEFORE_ROWS = ("encode", "quantization", "lora", "sft_config")
-AFTER_ROWS = ("load_4bit", "trainer", "resume", "train", "save")
+AFTER_ROWS = ("load_4bit", "adapter_dtype", "trainer", "resume", "train", "save")
 TINY_RECIPE = ("types.SimpleNamespace(lora_r=4, lora_alpha=8, lora_dropout=0.0, learning_rate=1e-3, max_steps=2, "
                "batch_size=2, grad_accum=1, warmup_steps=0, save_steps=1, cutoff=48, checkpointing=True)")
 EPILOGUE = """
