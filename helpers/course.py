@@ -47,11 +47,13 @@ def kernel_config() -> Config:
 
     No network port is opened, and ipykernel does not print "Kernel is running over TCP without encryption" (its own
     advice is IPC) once per notebook between the progress bar and the table. The sockets' path is absolute: the kernel
-    runs in ``notebooks/``, this process elsewhere. Windows has no IPC transport and keeps TCP.
+    runs in ``notebooks/``, this process elsewhere, and names this process: two course runs at once (``make course``
+    beside ``make test``) would otherwise pick the same socket files and reject each other's messages ("Invalid
+    Signature"). Windows has no IPC transport and keeps TCP.
     """
     if os.name != "posix":
         return Config()
-    prefix = Path(jupyter_runtime_dir()) / "course-kernel"
+    prefix = Path(jupyter_runtime_dir()) / f"course-kernel-{os.getpid()}"
     prefix.parent.mkdir(parents=True, exist_ok=True)
     return Config({"KernelManager": {"transport": "ipc", "ip": str(prefix)}})
 

@@ -50,3 +50,19 @@ def test_course_runs_a_notebook_without_kernel_warnings(tmp_path, capfd):
     assert "without encryption" not in out + err and "WARNING" not in out + err
     executed = nbformat.read(tmp_path / "out" / "lesson.ipynb", as_version=4)
     assert executed.cells[0].outputs[0]["text"] == "42\n"
+
+
+# Prevents: two course runs at once (make course beside make test, or two notebooks refreshed in parallel) picking
+# the same IPC socket files: each side's kernels then reject the other's messages ("Invalid Signature") and hang.
+@pytest.mark.slow
+def test_two_course_runs_at_once_each_talk_to_their_own_kernels(tmp_path):
+    runs = []
+    for name in ("a", "b"):
+        notebook = tmp_path / f"{name}.ipynb"
+        cells = [nbformat.v4.new_code_cell("import time; time.sleep(2); print(6 * 7)") for _ in range(3)]
+        nbformat.write(nbformat.v4.new_notebook(cells=cells), notebook)
+        runs.append(subprocess.Popen([sys.executable, "-m", "helpers.course", "run", "--in-place", str(notebook)],
+                                     cwd=REPO_ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True))
+    outputs = [run.communicate(timeout=300)[0] for run in runs]
+    assert [run.returncode for run in runs] == [0, 0], outputs
+    assert not any("Invalid Signature" in out for out in outputs)
