@@ -120,3 +120,19 @@ def test_qlora_needs_less_than_16_bit_lora():
         qlora = estimate(fit_table_models()[name], settings).total
         assert qlora < estimate(fit_table_models()[name], replace(settings, weights="16bit")).total
     assert estimate(QWEN_72B, replace(settings, weights="16bit")).total > 80 * GIB
+
+
+# Prevents: the estimator assuming a pipeline that lesson 03's cells no longer build (the optimizer, the compute
+# dtype, checkpointing or the micro-batch changed in the sft_config cell but not in Settings.for_recipe): on this
+# CPU machine the cell's own SFTConfig is compared with the estimator's CPU settings.
+@pytest.mark.parametrize("lesson", SFT_LESSONS)
+def test_the_estimator_assumes_what_the_sft_config_cell_builds(tmp_path, lesson):
+    from helpers import lesson03_cells
+
+    recipe = replace(get_profile("tiny").recipe(lesson), checkpointing=lesson != "tang")
+    args = lesson03_cells.sft_config(output_dir=tmp_path, recipe=recipe, eval_steps=None, dtype=torch.float32, seed=0)
+    settings = Settings.for_recipe(recipe, gpu=torch.cuda.is_available())
+    assert {"adamw_torch": "adamw", "paged_adamw_8bit": "paged_adamw_8bit"}[args.optim] == settings.optimizer
+    assert settings.compute_bytes == (2 if args.bf16 or args.fp16 else 4)
+    assert settings.checkpointing == args.activation_checkpointing
+    assert (settings.batch_size, settings.length) == (args.per_device_train_batch_size, recipe.cutoff)
