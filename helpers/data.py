@@ -26,8 +26,8 @@ from helpers.templates import Message, strip_contents
 
 
 def shipped_row_count(lesson: str) -> int:
-    """Rows of a lesson's shipped training file; 0 for a lesson without one (DPO's pairs are their own files)."""
-    return len(read_records(DATA_DIR / LESSONS[lesson].train_file)) if LESSONS[lesson].is_sft else 0
+    """Rows of an SFT lesson's shipped training file."""
+    return len(read_records(DATA_DIR / LESSONS[lesson].train_file))
 
 
 # lesson 09 (DPO): preference pairs written for the course

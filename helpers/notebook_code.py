@@ -79,6 +79,11 @@ def saved_cells(notebook: Path = NOTEBOOK) -> list[SavedCell]:
     return cells
 
 
+def imported_names(node: ast.Import | ast.ImportFrom) -> set[str]:
+    """The names an import statement binds (``import importlib.util`` binds ``importlib``)."""
+    return {(alias.asname or alias.name).split(".")[0] for alias in node.names}
+
+
 class _Reads(ast.NodeVisitor):
     """Names a cell reads before binding them, in evaluation order (an assignment's value before its targets)."""
 
@@ -110,7 +115,7 @@ class _Reads(ast.NodeVisitor):
         self.visit(node.body)
 
     def visit_Import(self, node: ast.Import | ast.ImportFrom) -> None:
-        self.bound |= {(alias.asname or alias.name).split(".")[0] for alias in node.names}
+        self.bound |= imported_names(node)
 
     visit_ImportFrom = visit_Import
 
@@ -133,7 +138,7 @@ def module_level_names(cell: SavedCell) -> set[str]:
         if isinstance(node, ast.FunctionDef | ast.ClassDef):
             names.add(node.name)
         elif isinstance(node, ast.Import | ast.ImportFrom):
-            names |= {(alias.asname or alias.name).split(".")[0] for alias in node.names}
+            names |= imported_names(node)
         else:
             names |= {target.id for target in node.targets}
     return names

@@ -150,7 +150,7 @@ def on_shipped_data(profile: Profile) -> Profile:
     """The gpu profile trained on the shipped rows: each SFT recipe cut to ``SHIPPED_EPOCHS`` passes over them."""
     from helpers.data import shipped_row_count  # `import helpers` stays light: `python -m helpers.data` runs clean
 
-    recipes = {lesson: within_epochs(recipe, shipped_row_count(lesson)) if shipped_row_count(lesson) else recipe
+    recipes = {lesson: within_epochs(recipe, shipped_row_count(lesson)) if lesson in SFT_LESSONS else recipe
                for lesson, recipe in profile.recipes.items()}
     return replace(profile, recipes=recipes, shipped_data=True)
 
