@@ -58,7 +58,7 @@ def ensure_venv(rebuild: bool = False) -> float:
     print(f"[venv] 编译 / compiling {converter_pin()} into {display_path(VENV)}（2 核约 8 分钟 / ~8 min on 2 cores）",
           flush=True)
     venv.create(VENV, with_pip=True, clear=True)
-    # No multimodal library (mtmd/llava): the check answers text only, and it is a third of the compile.
+    # No multimodal library (mtmd/llava): the check answers text only, so it need not be compiled.
     env = {**os.environ, "CMAKE_BUILD_PARALLEL_LEVEL": str(os.cpu_count() or 2),
            "CMAKE_ARGS": f"{os.environ.get('CMAKE_ARGS', '')} -DLLAVA_BUILD=OFF".strip()}
     run([str(venv_python()), "-m", "pip", "install", "--disable-pip-version-check", "-q", str(sdist_path())],
