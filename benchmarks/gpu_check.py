@@ -1,7 +1,7 @@
 """The prepared GPU check of the course's gpu path: steady-state speed and memory of its QLoRA steps (issues 13, 21).
 
     python benchmarks/gpu_check.py             # on a CUDA GPU: both models (~6 min on one H200)
-    python benchmarks/gpu_check.py --smoke     # on CPU: SmolLM2's shape, short runs (tests/test_gpu_check.py)
+    python benchmarks/gpu_check.py --smoke     # on CPU: SmolLM2 cut to SMOKE_LAYERS layers, short runs (a test)
 
 Only memory and speed are measured, so the weights are random: each model is built from the config.json committed in
 ``benchmarks/model_configs/`` (a machine lent for this reaches no hub), saved, and loaded back through the course's
@@ -65,6 +65,7 @@ from helpers.templates import IGNORE_INDEX  # noqa: E402
 CONFIGS = Path(__file__).parent / "model_configs"
 RESULTS = Path(__file__).parent / "results"
 SMOLLM2 = "HuggingFaceTB/SmolLM2-135M-Instruct"
+SMOKE_LAYERS = 4  # of SmolLM2's 30: the smoke run checks code paths, not speed (its estimates assume all 30)
 WARMUP, TIMED = 2, 6  # optimizer steps per run: excluded, then timed
 SCAN_ROWS = (8, 32, 128)
 # A template of the right shape: the check never decodes text, but the course refuses a tokenizer without one.
@@ -84,10 +85,14 @@ class Setting:
     frozen_dtype: torch.dtype
 
 
-def materialize(model_id: str, folder: Path, dtype: torch.dtype) -> ModelShape:
-    """A random-weight model of ``model_id``'s committed config, saved with a stand-in tokenizer into ``folder``."""
+def materialize(model_id: str, folder: Path, dtype: torch.dtype, layers: int | None = None) -> ModelShape:
+    """A random-weight model of ``model_id``'s committed config, saved with a stand-in tokenizer into ``folder``.
+
+    ``layers``: keep only this many transformer blocks (the smoke run: every code path, a fraction of the work).
+    """
     config_dir = CONFIGS / model_id.replace("/", "--")
     config = AutoConfig.from_pretrained(config_dir)
+    config.num_hidden_layers = layers or config.num_hidden_layers
     with torch.device("cuda" if CUDA else "cpu"):
         model = AutoModelForCausalLM.from_config(config, dtype=dtype)
     model.save_pretrained(folder)
@@ -243,7 +248,7 @@ def check_model(model_id: str, smoke: bool, deadline: float, scratch: Path, repo
     profile = get_profile("tiny" if smoke else "gpu", model=model_id)
     folder = scratch / model_id.replace("/", "--")
     started = time.perf_counter()
-    shape = materialize(model_id, folder, torch.bfloat16 if CUDA else torch.float32)
+    shape = materialize(model_id, folder, torch.bfloat16 if CUDA else torch.float32, SMOKE_LAYERS if smoke else None)
     model = load_model_4bit(folder, profile, attn_implementation="sdpa")
     tokenizer = PreTrainedTokenizerFast.from_pretrained(folder)
     entry = {"model": model_id, "parameters": shape.parameters(), "setup_s": time.perf_counter() - started,
@@ -337,7 +342,7 @@ def summary(report: dict) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python benchmarks/gpu_check.py", description=__doc__.split("\n")[0])
-    parser.add_argument("--smoke", action="store_true", help="CPU: SmolLM2's shape, one step warm-up, one timed")
+    parser.add_argument("--smoke", action="store_true", help="CPU: SmolLM2, a few layers, short runs")
     parser.add_argument("--budget-s", type=float, default=420,
                         help="no new run (nor the merge, ~20 s for 7B) starts after this many seconds")
     parser.add_argument("--out", type=Path, help="JSON file (default benchmarks/results/gpu-<device>.json)")

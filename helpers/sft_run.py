@@ -67,7 +67,7 @@ def fit(run: PreparedRun, profile: Profile, checkpoints: Path, callbacks: Sequen
     recipe, state = run.recipe, PartialState()
     torch.manual_seed(profile.seed)
     model = load_model_4bit(run.model_dir, profile)
-    eval_steps = max(1, recipe.max_steps // 3) if eval_during_training else None
+    eval_steps = recipe.eval_steps if eval_during_training else None
     args = sft_config(recipe, checkpoints, compute_dtype(profile), profile.seed, eval_steps=eval_steps)
     args.ddp_find_unused_parameters = False  # every LoRA weight is used in each forward: skip DDP's extra search
     world = state.num_processes
