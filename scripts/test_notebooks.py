@@ -23,13 +23,15 @@ from pathlib import Path
 REPO_ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO_ROOT))  # run from anywhere without `pip install -e .`
 
-from helpers.registry import ADAPTERS_USED, LESSONS, SFT_LESSONS  # noqa: E402
+from helpers.registry import ADAPTERS_USED, LESSONS  # noqa: E402
 
 NBVAL = ["-m", "pytest", "--nbval-lax", "--nbval-current-env", "--nbval-sanitize-with", "tests/nbval_sanitize.cfg",
          "--durations=3", "-q"]
 # Notebook -> the training notebooks it waits for: those whose adapters it loads (04 and 05 retrain theirs on purpose).
 AFTER = {number: {LESSONS[lesson].number for lesson in used} for number, used in ADAPTERS_USED.items()}
-FIRST = tuple(LESSONS[lesson].number for lesson in SFT_LESSONS)  # the longest start first: others wait for them
+# The training lessons (SFT and DPO) are the longest: each starts as soon as what it waits for is done, before the
+# short notebooks, so that no long one is left running alone at the end.
+FIRST = tuple(lesson.number for lesson in LESSONS.values())
 ONE_THREAD = {"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
 
 
@@ -38,7 +40,7 @@ def lesson(notebook: Path) -> str:
 
 
 def run_order(notebooks: list[Path]) -> list[Path]:
-    """The training lessons first, then the rest in lesson order."""
+    """The training lessons first (``FIRST``), then the rest in lesson order."""
     return sorted(notebooks, key=lambda nb: (lesson(nb) not in FIRST, nb.name))
 
 
