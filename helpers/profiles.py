@@ -51,7 +51,7 @@ class Recipe:
 
     @property
     def eval_steps(self) -> int:
-        """How often the held-out loss is computed during training: twice, halfway and at the end."""
+        """How often the held-out loss is computed during training: every ``max_steps // 2`` steps (about twice)."""
         return max(1, self.max_steps // 2)
 
 
@@ -111,8 +111,8 @@ class Profile:
         return larger_batch(self.recipe(lesson), (self.faster_rows or {})[lesson])
 
 
-# Tiny: a 135M model, 4 steps of 4 rows on CPU (about a minute on one core), a high learning rate so a short run
-# shows learning; 8 held-out rows. Sized so that `make test` stays within 15 minutes on 2 cores.
+# Tiny: a 135M model, 4 steps of 4 rows on CPU (one to two minutes on one core), a high learning rate so a short run
+# shows learning; 8 held-out rows. Sized for `make test` on 2 cores (the README says how long it takes).
 TINY_RECIPE = Recipe(lora_r=8, lora_alpha=16, lora_dropout=0.0, learning_rate=2e-3, max_steps=4, batch_size=4,
                      grad_accum=1, cutoff=192, warmup_steps=1, save_steps=2, eval_rows=8)
 
