@@ -15,15 +15,15 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 import tempfile
-import time
 from dataclasses import replace
 from pathlib import Path
 
 import datasets
 import torch
 import transformers
-from transformers import AutoTokenizer, TrainerCallback
+from transformers import AutoTokenizer
 from transformers.trainer_callback import PrinterCallback, ProgressCallback
 
 from helpers.download import download_model
@@ -35,26 +35,15 @@ from helpers.profiles import Profile, Recipe, get_profile
 from helpers.registry import SFT_LESSONS
 from helpers.train import load_model_4bit, lora_config, make_trainer, sft_config
 
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # the repository, for benchmarks
+from benchmarks.gpu_check import Clock  # noqa: E402
+
 WARMUP_STEPS = 1
-
-
-class StepTimes(TrainerCallback):
-    """Wall time of each optimizer step (forward, backward, update)."""
-
-    def __init__(self) -> None:
-        self.seconds: list[float] = []
-        self._start = 0.0
-
-    def on_step_begin(self, args, state, control, **kwargs):
-        self._start = time.perf_counter()
-
-    def on_step_end(self, args, state, control, **kwargs):
-        self.seconds.append(time.perf_counter() - self._start)
 
 
 def train_run(model, tokenizer, rows: list[dict], recipe: Recipe, profile: Profile) -> dict:
     """Train ``rows`` with ``recipe``; the timed steps' real tokens/s, the peak RSS and the step losses."""
-    clock = StepTimes()
+    clock = Clock()  # gpu_check's per-step clock
     with tempfile.TemporaryDirectory() as scratch:
         args = replace(sft_config(recipe, Path(scratch), compute_dtype(profile), profile.seed), save_strategy="no",
                        disable_tqdm=True)
