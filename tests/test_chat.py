@@ -40,6 +40,7 @@ def test_streamed_reply_equals_greedy_generation(tiny_model, tiny_tokenizer):
 
 
 # Prevents: a reply ending in "�" when max_new_tokens stops inside a Chinese character (several tokens each).
+@pytest.mark.slow  # generates 24 tokens, then streams them again: ~5 s on 2 busy cores
 def test_a_character_cut_by_the_token_limit_is_not_shown(tiny_model, tiny_tokenizer):
     from helpers.generation import generate_ids
 
