@@ -22,7 +22,8 @@ from helpers.gguf_verify import (
     F16_MAX_ABS,
     f16_logits_ok,
     gguf_logit_diff,
-    load_gguf,
+    load_gguf_model,
+    load_gguf_tokenizer,
     template_ids,
     template_mismatches,
 )
@@ -78,7 +79,7 @@ def test_f16_export_has_the_merged_logits_and_the_training_template(merged, held
     assert path.is_file() and not list(tmp_path.glob("*.part"))
     assert 0.95 < path.stat().st_size / (2 * gguf.weight_count(merged)) < 1.05  # 2 bytes a weight
 
-    gguf_model, gguf_tokenizer = load_gguf(path)
+    gguf_model, gguf_tokenizer = load_gguf_model(path), load_gguf_tokenizer(path)
     merged_model = AutoModelForCausalLM.from_pretrained(merged, dtype=torch.float32)
     diff = gguf_logit_diff(merged_model, gguf_model, batch)
     assert f16_logits_ok(diff), diff
