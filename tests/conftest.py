@@ -1,4 +1,5 @@
-"""Shared fixtures: the tiny model's tokenizer (loaded once per session), an isolated cache, reachable fake hubs."""
+"""Shared fixtures: the tiny model's tokenizer (loaded once per session), the tiny model cut to a few blocks for
+tests of mechanics, an isolated cache, reachable fake hubs."""
 
 from __future__ import annotations
 
@@ -7,7 +8,10 @@ import torch
 
 from helpers import download
 from helpers.models import MODEL_ENV
-from helpers.paths import CACHE_ENV
+from helpers.paths import CACHE_ENV, built_in_place_of, is_complete, models_dir, one_at_a_time
+
+# Blocks kept by ``shallow_model`` (of SmolLM2-135M's 30): enough for every code path, a tenth of the compute.
+SHALLOW_LAYERS = 2
 
 
 @pytest.fixture(autouse=True)
@@ -45,3 +49,27 @@ def tiny_tokenizer():
     from helpers.tiny_model import ensure_tiny_model
 
     return AutoTokenizer.from_pretrained(ensure_tiny_model())
+
+
+@pytest.fixture(scope="session")
+def shallow_model():
+    """SmolLM2-135M-Instruct cut to its first ``SHALLOW_LAYERS`` blocks (real embeddings, norm and tokenizer).
+
+    For tests of mechanics (resume, DDP, out-of-memory advice, GGUF export, the pasted script): they check that
+    the course's code runs and what it writes, not what the model learns, and run several times faster on it. The
+    notebooks and the tests of learning keep the whole model.
+    """
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from helpers.tiny_model import ensure_tiny_model
+
+    target = models_dir() / f"SmolLM2-135M-Instruct-{SHALLOW_LAYERS}-blocks"
+    with one_at_a_time(target):
+        if not is_complete(target):
+            source = ensure_tiny_model()
+            with built_in_place_of(target) as work:
+                model = AutoModelForCausalLM.from_pretrained(source, num_hidden_layers=SHALLOW_LAYERS,
+                                                             dtype=torch.float32)
+                model.save_pretrained(work)
+                AutoTokenizer.from_pretrained(source).save_pretrained(work)
+    return target

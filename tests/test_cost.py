@@ -203,10 +203,11 @@ def file_digests(folder: Path) -> dict[str, str]:
 # Prevents: a CUDA out-of-memory traceback with no advice, and (worse) losing or damaging the checkpoint the
 # run should resume from after lowering the batch.
 @pytest.mark.slow
-def test_out_of_memory_during_training_becomes_advice_and_keeps_the_checkpoint(tmp_path, monkeypatch, one_thread):
+def test_out_of_memory_during_training_becomes_advice_and_keeps_the_checkpoint(tmp_path, monkeypatch, one_thread,
+                                                                               shallow_model):
     monkeypatch.setattr(cost, "gpu_memory", lambda: None)  # the advice below is for the estimate's own size
     profile = get_profile("tiny")
-    model_dir = ensure_tiny_model()
+    model_dir = shallow_model  # the mechanics of the error and the checkpoint; the advice reads the table's shape
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
     recipe = dataclasses.replace(profile.recipe("nekoqa"), max_steps=4, batch_size=2, save_steps=1)
     rows = encode_conversations(tokenizer, course_conversations("nekoqa", "train", 2, profile), 64)

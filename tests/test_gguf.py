@@ -1,9 +1,10 @@
 """GGUF export (lesson 06): llama.cpp's converter writes a file that transformers reads back with the merged model's
 logits and chat template; the Ollama Modelfile renders the training prompt; each failure explains itself.
 
-The merged model is the tiny model with a LoRA adapter of random, non-zero weights merged by the course's own
-``merge_adapter`` (training the NekoQA adapter takes minutes; lesson 06 exports that one under nbval): its logits
-differ from the base model's, so a test that passes proves the merged weights, not the base's, reached the file.
+The merged model is the tiny model (cut to a few blocks: ``shallow_model``) with a LoRA adapter of random, non-zero
+weights merged by the course's own ``merge_adapter`` (training the NekoQA adapter takes minutes; lesson 06 exports
+that one, on the whole tiny model, under nbval): its logits differ from the base model's, so a test that passes
+proves the merged weights, not the base's, reached the file.
 The converter is the one ``make setup`` fetched (``python -m helpers.gguf fetch``); nothing here downloads.
 """
 
@@ -33,15 +34,14 @@ HELD_OUT = 4  # NekoQA held-out conversations compared
 
 
 @pytest.fixture(scope="module")
-def merged(tmp_path_factory):
-    """A merged folder: the tiny model plus a random LoRA update on the attention projections, merged in fp32."""
+def merged(tmp_path_factory, shallow_model):
+    """A merged folder: the shallow model plus a random LoRA update on the attention projections, merged in fp32."""
     from peft import LoraConfig, get_peft_model
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from helpers.merge import merge_adapter
-    from helpers.tiny_model import ensure_tiny_model
 
-    base_dir, work = ensure_tiny_model(), tmp_path_factory.mktemp("gguf")
+    base_dir, work = shallow_model, tmp_path_factory.mktemp("gguf")
     torch.manual_seed(0)
     base = AutoModelForCausalLM.from_pretrained(base_dir, dtype=torch.float32)
     lora = LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"], init_lora_weights=False)
@@ -69,10 +69,8 @@ def heldout(merged):
 # Prevents: a GGUF that answers unlike the fine-tuned model (wrong tensors, the base's weights, a lossy type), or
 # whose embedded chat template builds another prompt than training did (the model rambles in llama.cpp / Ollama).
 @pytest.mark.slow
-def test_f16_export_has_the_merged_logits_and_the_training_template(merged, heldout, tmp_path):
+def test_f16_export_has_the_merged_logits_and_the_training_template(merged, heldout, shallow_model, tmp_path):
     from transformers import AutoModelForCausalLM
-
-    from helpers.tiny_model import ensure_tiny_model
 
     tokenizer, conversations, batch = heldout
     path = export_gguf(merged, "f16", tmp_path / "model-f16.gguf")
@@ -83,7 +81,7 @@ def test_f16_export_has_the_merged_logits_and_the_training_template(merged, held
     merged_model = AutoModelForCausalLM.from_pretrained(merged, dtype=torch.float32)
     diff = gguf_logit_diff(merged_model, gguf_model, batch)
     assert f16_logits_ok(diff), diff
-    base_diff = gguf_logit_diff(AutoModelForCausalLM.from_pretrained(ensure_tiny_model(), dtype=torch.float32),
+    base_diff = gguf_logit_diff(AutoModelForCausalLM.from_pretrained(shallow_model, dtype=torch.float32),
                                 gguf_model, batch)
     assert base_diff["max_abs"] > 10 * F16_MAX_ABS, base_diff  # the file holds the merged weights, not the base's
 

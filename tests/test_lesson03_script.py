@@ -20,7 +20,6 @@ from helpers.data import load_conversations, read_records
 from helpers.encoding import encode_conversations
 from helpers.notebook_code import NOTEBOOK, SAVE_MARK
 from helpers.paths import DATA_DIR
-from helpers.tiny_model import ensure_tiny_model
 
 # The script in the notebook's order: its preamble, the encoding cell, its encoding lines, the training cells.
 BEFORE_ROWS = ("encode", "quantization", "lora", "sft_config")
@@ -66,14 +65,14 @@ def with_values(preamble: str, values: dict[str, str]) -> str:
 # Prevents: a lesson whose training code only runs inside the course (an unregistered attention name, a helper
 # import, a variable an earlier cell defined), so the student's own copy crashes or encodes differently.
 @pytest.mark.slow
-def test_pasted_training_cells_train_and_save_an_adapter(tiny_tokenizer, tmp_path):
+def test_pasted_training_cells_train_and_save_an_adapter(tiny_tokenizer, shallow_model, tmp_path):
     train_file, eval_file = tmp_path / "train.json", tmp_path / "eval.json"
     train_file.write_text(json.dumps(read_records(DATA_DIR / "nekoqa" / "train.json")[:4], ensure_ascii=False))
     eval_file.write_text(json.dumps(read_records(DATA_DIR / "nekoqa" / "eval.json")[:2], ensure_ascii=False))
     assert not any("helpers" in source for source in saved(*BEFORE_ROWS, *AFTER_ROWS))
     preamble, rows = script_blocks()
     preamble = with_values(preamble, {
-        "model_dir": repr(str(ensure_tiny_model())), "train_file": repr(str(train_file)),
+        "model_dir": repr(str(shallow_model)), "train_file": repr(str(train_file)),
         "eval_file": repr(str(eval_file)), "output_dir": repr(str(tmp_path / "checkpoints")),
         "adapter_path": repr(str(tmp_path / "adapter")), "recipe": TINY_RECIPE})
     script = tmp_path / "my_qlora.py"

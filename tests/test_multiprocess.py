@@ -23,9 +23,10 @@ def launch_env() -> dict[str, str]:
 
 # Prevents: every rank loading the 4-bit model on the same device, or saving the adapter twice, under accelerate launch.
 @pytest.mark.slow
-def test_train_script_runs_ddp_on_two_processes(tmp_path: Path) -> None:
+def test_train_script_runs_ddp_on_two_processes(tmp_path: Path, shallow_model: Path) -> None:
     command = [sys.executable, "-m", "accelerate.commands.launch", "--config_file", str(CONFIGS / "ddp.yaml"),
                "--num_processes", "2", str(REPO / "scripts" / "train.py"), "--lesson", "nekoqa", "--profile", "tiny",
+               "--model", str(shallow_model),
                "--max-steps", "2", "--train-rows", "4", "--cutoff", "32", "--output", str(tmp_path)]
     result = subprocess.run(command, cwd=REPO, env=launch_env(), capture_output=True, text=True, timeout=600)
     log = result.stdout + result.stderr

