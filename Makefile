@@ -27,7 +27,8 @@ course: setup
 test: setup
 	COURSE_PROFILE=tiny $(PYTHON) -m ruff check .
 # One torch thread per process: two workers (and the processes some tests start) on 2 cores would oversubscribe them.
-	COURSE_PROFILE=tiny OMP_NUM_THREADS=1 $(PYTHON) -m pytest -n 2 --durations=15 tests
+# No nbval here (tests/ holds no notebook): its import costs each process ~3.6 s.
+	COURSE_PROFILE=tiny OMP_NUM_THREADS=1 $(PYTHON) -m pytest -n 2 --durations=15 -p no:nbval tests
 # Every notebook under nbval, two at a time with one torch thread each; lesson 03 before those that use its adapter.
 	COURSE_PROFILE=tiny $(PYTHON) scripts/test_notebooks.py
 

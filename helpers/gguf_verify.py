@@ -12,6 +12,7 @@ import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from helpers.generation import generate_ids
+from helpers.gguf_read import each_gguf_parsed_once
 from helpers.hardware import device
 from helpers.merge import compare_logits, logits_on
 from helpers.templates import Message
@@ -27,8 +28,9 @@ F16_TOP1 = 0.98
 def load_gguf_model(path: Path, dtype: torch.dtype = torch.float32) -> AutoModelForCausalLM:
     """A GGUF file loaded by transformers (dequantised to ``dtype``), on the GPU if there is one."""
     path = Path(path)
-    return AutoModelForCausalLM.from_pretrained(path.parent, gguf_file=path.name, dtype=dtype,
-                                                device_map={"": device()})
+    with each_gguf_parsed_once():  # config and weights from one parse
+        return AutoModelForCausalLM.from_pretrained(path.parent, gguf_file=path.name, dtype=dtype,
+                                                    device_map={"": device()})
 
 
 def load_gguf_tokenizer(path: Path):

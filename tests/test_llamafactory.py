@@ -297,7 +297,7 @@ def test_reply_label_is_what_llamafactory_decodes_from_the_label_tokens(tiny_tok
 def test_course_predictions_label_like_llamafactory(tiny_tokenizer, monkeypatch):
     # Prevents: the course's predictions and LLaMA-Factory's scoring differently for the same replies.
     model = type("Model", (), {"generation_config": type("Config", (), {"eos_token_id": 2})()})()
-    monkeypatch.setattr(lessons, "generate_ids", lambda model, tokenizer, prompts, limit: [[2] for _ in prompts])
+    monkeypatch.setattr(lessons, "generate_ids", lambda model, tokenizer, prompts, limit, names: [[2] for _ in prompts])
     conversations = course_conversations("nekoqa", "eval", 2, TINY)
     records = lessons.predict(model, tiny_tokenizer, conversations, 4)
     assert [r["label"] for r in records] == [c[-1]["content"] + "\n" for c in conversations]
