@@ -1,6 +1,7 @@
 """The pure parts of ``scripts/check_llamafactory.py``; the check itself (a venv, LLaMA-Factory) is opt-in."""
 
 import importlib.util
+import sys
 
 import pytest
 from script_module import load_script
@@ -56,6 +57,10 @@ def test_the_gpu_route_holds_the_installed_torch_and_its_venv_sees_it(tmp_path):
 
     held = gpu.held_versions()
     assert held[0] == f"torch=={metadata.version('torch')}"
+    if sys.prefix != sys.base_prefix:  # tests in a venv: the script refuses to build from one, before any change
+        with pytest.raises(gpu.lf.CheckFailed, match="venv"):
+            gpu.ensure_gpu_venv(rebuild=True)
+        return
     folder = tmp_path / "venv"
     venv.create(folder, with_pip=False, system_site_packages=True)  # as the script builds it, without pip's minutes
     shown = subprocess.run([str(folder / "bin" / "python"), "-c", "import torch; print(torch.__file__)"],
