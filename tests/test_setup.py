@@ -29,7 +29,8 @@ c = args[args.index("-c") + 1] if "-c" in args else ""
 with open(os.environ["SETUP_PIP_LOG"], "a") as f:
     f.write(json.dumps({{"tool": tool, "args": args, "constraints": open(c).read() if os.path.isfile(c) else None}}))
     f.write("\\n")
-sys.exit(bool(os.environ.get("SETUP_FAILING")) and os.environ["SETUP_FAILING"] in " ".join([tool, *args]))
+r = open(args[args.index("-r") + 1]).read() if "-r" in args else ""  # an install fails for what its file asks too
+sys.exit(bool(os.environ.get("SETUP_FAILING")) and os.environ["SETUP_FAILING"] in " ".join([tool, *args, r]))
 """
 UV_PIN = re.search(r"^uv==\S+", (REPO / "requirements.txt").read_text(), re.M).group(0)
 
