@@ -18,8 +18,6 @@ trap 'rm -rf "$TMP"' EXIT
 # Tests set SETUP_PIP and SETUP_UV to recorder executables that stand in for "$PYTHON -m pip" and "$PYTHON -m uv pip".
 if [[ -n "${SETUP_PIP:-}" ]]; then PIP=("$SETUP_PIP"); else PIP=("$PYTHON" -m pip); fi
 PIP+=(install --disable-pip-version-check -q -c "$TMP/constraints.txt")
-if [[ -n "${SETUP_UV:-}" ]]; then UV=("$SETUP_UV"); else UV=("$PYTHON" -m uv pip); fi
-UV+=(install -q --no-cache --python "$("$PYTHON" -c 'import sys; print(sys.executable)')" -c "$TMP/constraints.txt")
 
 # Prints "<installed version> <its CUDA, e.g. 12.1, or unknown> old|ok", or nothing when torch cannot be imported.
 TORCH_INFO="$("$PYTHON" - "$MIN_TORCH" <<'PY'
@@ -123,11 +121,12 @@ pip_index() {
 # 2 cores, 2026-12-05: pip 140 s, 85 s with --no-compile; uv 11 s). uv does not read pip's configuration, so it gets
 # pip's index; where uv cannot be installed or fails, pip installs the same.
 UV_PIN="$(grep '^uv==' requirements.txt)"
+UV=()
 if installed "$UV_PIN" || "${PIP[@]}" "$UV_PIN"; then
+  if [[ -n "${SETUP_UV:-}" ]]; then UV=("$SETUP_UV"); else UV=("$PYTHON" -m uv pip); fi
+  UV+=(install -q --no-cache --python "$("$PYTHON" -c 'import sys; print(sys.executable)')" -c "$TMP/constraints.txt")
   INDEX="$(pip_index)"
   if [[ -n "$INDEX" ]]; then UV+=(--index-url "$INDEX"); fi
-else
-  UV=()
 fi
 install() {
   if [[ ${#UV[@]} -gt 0 ]] && "${UV[@]}" "$@"; then return; fi
